@@ -1,0 +1,145 @@
+"""Latency and peak memory of the served path, per image size: the basis of the pixel cap.
+
+    python benchmarks/latency.py --model models/rdn-C3-D6-G32-G032-x2 \\
+        --sizes 256x256 1024x768 2000x2000 --repeat 3 [--precision float32 bfloat16]
+
+Each size runs in a fresh process (so that its peak RSS is its own) with the worker's
+settings: one TensorFlow intra-op thread per worker by default, as gunicorn runs it with
+one worker per core. Prints a Markdown table of medians with the machine named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def machine() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from supersizeme.config import cpu_count
+
+    return f"{name}, {cpu_count()} cores, Python {platform.python_version()}"
+
+
+def photo_like(width: int, height: int) -> bytes:
+    """A PNG with edges and texture everywhere, so that no tile is an easy flat one."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    base = 128 + 60 * np.sin(x / 7.0) * np.cos(y / 11.0)
+    rgb = np.stack([base, base[::-1], base[:, ::-1]], axis=2) + rng.normal(0, 8, (height, width, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def measure_one(
+    model: str, size: str, repeat: int, precision: str, threads: int, tile: int
+) -> dict:
+    from supersizeme.images import Limits
+    from supersizeme.modelspec import ModelFolder
+    from supersizeme.pipeline import supersize
+    from supersizeme.predictor import LoadSettings, load
+
+    width, height = (int(v) for v in size.split("x"))
+    folder = ModelFolder.open(model)
+    upscaler = load(folder, LoadSettings(precision=precision, tile=tile, intra_op_threads=threads))
+    data = photo_like(width, height)
+    limits = Limits(max_pixels=width * height, min_side=1)
+    seconds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        supersize(data, upscaler, folder.params.scale, limits)
+        seconds.append(time.perf_counter() - started)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    median = statistics.median(seconds)
+    return {
+        "size": size,
+        "megapixels": width * height / 1e6,
+        "precision": precision,
+        "median_s": median,
+        "s_per_mp": median / (width * height / 1e6),
+        "peak_rss_mib": peak_mib,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--sizes", nargs="+", default=["256x256", "1024x768"])
+    parser.add_argument("--precision", nargs="+", default=["float32"])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra-op threads")
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--json", help="write the rows here as JSON")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        row = measure_one(
+            args.model, args.sizes[0], args.repeat, args.precision[0], args.threads, args.tile
+        )
+        print(json.dumps(row))
+        return
+    rows = []
+    for precision in args.precision:
+        for size in args.sizes:
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--model",
+                args.model,
+                "--sizes",
+                size,
+                "--precision",
+                precision,
+                "--repeat",
+                str(args.repeat),
+                "--threads",
+                str(args.threads),
+                "--tile",
+                str(args.tile),
+            ]
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            rows.append(json.loads(output.strip().splitlines()[-1]))
+    print(
+        f"Machine: {machine()}; model {Path(args.model).name}; "
+        f"{args.threads} TensorFlow thread(s); tile {args.tile}; median of {args.repeat} runs "
+        "of the whole served path (decode, RDN, encode)\n"
+    )
+    print(
+        "| input | megapixels | precision | median latency (s) | s per input MP | peak RSS (MiB) |"
+    )
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    for row in rows:
+        print(
+            f"| {row['size']} | {row['megapixels']:.2f} | {row['precision']} "
+            f"| {row['median_s']:.2f} | {row['s_per_mp']:.2f} | {row['peak_rss_mib']:.0f} |"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

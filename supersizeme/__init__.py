@@ -1,0 +1,71 @@
+"""Super Size Me: a Flask service that enlarges PNG and JPEG images 2x with an RDN."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from flask import Flask
+
+from supersizeme import config as settings
+from supersizeme.modelspec import ModelFolder
+from supersizeme.predictor import LoadSettings, ModelSlot
+
+log = logging.getLogger("supersizeme")
+
+
+def _exit_worker(slot: ModelSlot) -> None:
+    # Exit status 3 is gunicorn's "worker failed to boot": the master stops instead of
+    # forking replacement workers that would fail the same way.
+    log.critical("model %s failed to load: %s; stopping", slot.folder.path, slot.error)
+    logging.shutdown()
+    os._exit(3)
+
+
+def _log_through_gunicorn() -> None:
+    """Send the app's log lines to gunicorn's error log, with its level and format."""
+    server_log = logging.getLogger("gunicorn.error")
+    if server_log.handlers and not log.handlers:
+        log.handlers = server_log.handlers
+        log.setLevel(server_log.level)
+        log.propagate = False
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """The application factory: one app per gunicorn worker, created after the fork.
+
+    The model folder is checked here, synchronously, so that a missing or mismatched
+    weights file stops start-up with a clear message; the network itself then loads in
+    the background while /healthz already answers and /readyz says 503.
+    """
+    _log_through_gunicorn()
+    app = Flask(__name__)
+    app.config.from_mapping(settings.from_environment())
+    if test_config:
+        app.config.from_mapping(test_config)
+    app.config["MAX_CONTENT_LENGTH"] = (
+        app.config["MAX_BODY_BYTES"] + settings.MULTIPART_OVERHEAD_BYTES
+    )
+
+    folder = ModelFolder.open(app.config["MODEL_DIR"])
+    slot = ModelSlot(
+        folder,
+        LoadSettings(
+            precision=app.config["PRECISION"],
+            tile=app.config["TILE"],
+            intra_op_threads=app.config["TF_THREADS"],
+        ),
+    )
+    app.extensions["supersizeme.model"] = slot
+    app.extensions["supersizeme.inference_lock"] = threading.Lock()
+    if app.config["LOAD_IN_BACKGROUND"]:
+        slot.load_in_background(on_failure=_exit_worker)
+    else:
+        slot.load()
+
+    from supersizeme.api import bp
+
+    app.register_blueprint(bp)
+    return app

@@ -1,0 +1,56 @@
+"""Every setting of the service, in one place, with its default and environment variable.
+
+``create_app`` reads these once; tests pass overrides instead of touching the
+environment. The README's configuration table lists the same variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = "rdn-C3-D6-G32-G032-x2"
+
+MAX_BODY_BYTES = 5 * 1024 * 1024
+# A multipart upload wraps the file in boundaries and part headers; this much extra is
+# allowed on the whole request so that a file of exactly 5 MB still fits.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def env(name: str, default: Any, kind: type = str) -> Any:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if kind is bool:
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return kind(value)
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    return env("SSM_WORKERS", cpu_count(), int)
+
+
+def from_environment() -> dict[str, Any]:
+    """The service's settings: environment variables over the built-in defaults."""
+    workers = default_workers()
+    return {
+        "MODEL_DIR": env("SSM_MODEL_DIR", str(REPO_ROOT / "models" / DEFAULT_MODEL)),
+        "PRECISION": env("SSM_PRECISION", "float32"),
+        "TILE": env("SSM_TILE", 512, int),
+        "TF_THREADS": env("SSM_TF_THREADS", max(1, cpu_count() // workers), int),
+        "MAX_BODY_BYTES": env("SSM_MAX_BODY_BYTES", MAX_BODY_BYTES, int),
+        "MAX_PIXELS": env("SSM_MAX_PIXELS", 4_000_000, int),
+        "MIN_SIDE": env("SSM_MIN_SIDE", 8, int),
+        "DEADLINE_SECONDS": env("SSM_DEADLINE_SECONDS", 60.0, float),
+        "LOAD_IN_BACKGROUND": env("SSM_LOAD_IN_BACKGROUND", True, bool),
+        "RETRY_AFTER_SECONDS": env("SSM_RETRY_AFTER_SECONDS", 5, int),
+    }

@@ -1,0 +1,114 @@
+"""What a model folder holds, read without TensorFlow.
+
+A model folder ``models/<name>/`` is the contract between training and serving:
+``model.json`` gives the RDN parameters (and, once evaluated, the measured numbers)
+and ``weights.weights.h5`` holds the Keras weights. Keeping this module free of
+TensorFlow lets the HTTP layer and its tests read a model's description in
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+WEIGHTS_FILE = "weights.weights.h5"
+SPEC_FILE = "model.json"
+
+
+class ModelFolderError(RuntimeError):
+    """A model folder is missing, incomplete or does not match its weights."""
+
+
+@dataclass(frozen=True)
+class RDNParams:
+    """The RDN hyper-parameters of Zhang et al. 2018 (arXiv 1802.08797).
+
+    C: convolutions per residual dense block (RDB); D: number of RDBs;
+    G: growth rate (filters of each convolution inside an RDB);
+    G0: filters of the shallow features and of each RDB's output; scale: upscaling factor.
+    """
+
+    C: int
+    D: int
+    G: int
+    G0: int
+    scale: int = 2
+    upscaling: str = "shuffle"
+
+    @property
+    def name(self) -> str:
+        """ISR's naming scheme, e.g. ``rdn-C3-D10-G64-G064-x2``."""
+        return f"rdn-C{self.C}-D{self.D}-G{self.G}-G0{self.G0}-x{self.scale}"
+
+    @property
+    def receptive_radius(self) -> int:
+        """How many input pixels on each side can influence one output pixel.
+
+        Counted from ISR's layer stack: two 3x3 shallow convolutions, D*C 3x3 convolutions
+        in the RDBs, the 3x3 global fusion, the 5x5 and two 3x3 convolutions of the
+        upscaling block, and the final 3x3 convolution at the output resolution (half an
+        input pixel, rounded up). Tiles overlapping by this much give the same output as
+        one whole-image pass.
+        """
+        return 2 + self.D * self.C + 1 + 2 + 1 + 1 + 1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RDNParams:
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: data[k] for k in known if k in data})
+        except TypeError as exc:
+            raise ModelFolderError(f"model parameters incomplete: {exc}") from exc
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A model folder on disk: its parameters, its weights file and its card data."""
+
+    path: Path
+    params: RDNParams
+    spec: dict[str, Any]
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+    @classmethod
+    def open(cls, path: str | Path) -> ModelFolder:
+        folder = Path(path)
+        spec_path = folder / SPEC_FILE
+        if not spec_path.is_file():
+            raise ModelFolderError(f"no {SPEC_FILE} in model folder {folder}")
+        try:
+            spec = json.loads(spec_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelFolderError(f"{spec_path} is not valid JSON: {exc}") from exc
+        model = cls(folder, RDNParams.from_json(spec), spec)
+        if not model.weights_path.is_file():
+            raise ModelFolderError(f"no weights file {model.weights_path}")
+        expected = spec.get("weights_sha256")
+        if expected and expected != sha256_of(model.weights_path):
+            raise ModelFolderError(
+                f"{model.weights_path} does not match the sha256 recorded in {spec_path}"
+            )
+        return model
+
+
+def write_spec(folder: Path, spec: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,129 @@
+"""Building ISR's RDN in Keras: the one module of the server that imports TensorFlow.
+
+Training, evaluation and serving all build the network here, so the weights that are
+trained are the weights that are served.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from supersizeme.modelspec import (
+    WEIGHTS_FILE,
+    ModelFolder,
+    ModelFolderError,
+    RDNParams,
+    sha256_of,
+    write_spec,
+)
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def configure_threads(intra_op: int, inter_op: int = 1) -> None:
+    """Fix TensorFlow's thread pools; must run before TensorFlow starts any op.
+
+    Workers x threads should equal the cores: several workers that each spawn a thread
+    per core only fight over the same cores.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:
+        # Already initialised in this process (a second app in the test suite): the
+        # first setting stays, which is all TensorFlow allows.
+        pass
+
+
+@contextmanager
+def _dtype_policy(precision: str) -> Iterator[None]:
+    import keras
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_rdn(
+    params: RDNParams, precision: str = "float32", patch_size: int | None = None
+) -> keras.Model:
+    """ISR's RDN with these parameters; variables stay float32 in either precision."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # ISR's utils module opens a FileHandler on ./log_file at import unless its logger
+    # already has a handler: in a read-only working directory (the container runs as an
+    # unprivileged user) that import would fail.
+    logging.getLogger("ISR.utils.utils").addHandler(logging.NullHandler())
+    from ISR.models import RDN
+
+    arch = {"C": params.C, "D": params.D, "G": params.G, "G0": params.G0, "x": params.scale}
+    with _dtype_policy(precision):
+        return RDN(arch_params=arch, patch_size=patch_size, upscaling=params.upscaling).model
+
+
+def load_rdn(folder: ModelFolder, precision: str = "float32") -> keras.Model:
+    """The network of a model folder with its weights; a mismatch is a ModelFolderError."""
+    model = build_rdn(folder.params, precision)
+    try:
+        model.load_weights(str(folder.weights_path))
+    except (ValueError, KeyError, OSError) as exc:
+        raise ModelFolderError(
+            f"weights {folder.weights_path} do not fit {folder.params.name}: {exc}"
+        ) from exc
+    return model
+
+
+def compile_network(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """A graph-mode forward pass for any input size, traced once.
+
+    Graph mode lets TensorFlow fuse each convolution with its bias and ReLU, and one
+    signature with free height and width keeps tiles of new sizes from retracing.
+    """
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
+    def forward(batch: tf.Tensor) -> tf.Tensor:
+        return tf.cast(model(batch, training=False), tf.float32)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return forward(tf.constant(batch, tf.float32)).numpy()
+
+    return run
+
+
+def save_model_folder(
+    model: keras.Model, params: RDNParams, path: str | Path, spec: dict | None = None
+) -> ModelFolder:
+    """Write ``model``'s weights and a ``model.json`` (parameters, sha256, ``spec``)."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS_FILE
+    model.save_weights(str(weights))
+    write_spec(
+        folder,
+        {
+            "name": params.name,
+            **params.to_json(),
+            "weights_sha256": sha256_of(weights),
+            **(spec or {}),
+        },
+    )
+    return ModelFolder.open(folder)

@@ -1,0 +1,50 @@
+"""Fixtures shared by the suite: a tiny RDN model folder, the app and its test client.
+
+The tiny RDN (C1-D1-G4) runs through the real loading and tiling code in milliseconds;
+tests that need the shipped model's quality use ``shipped_model_dir`` instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from supersizeme.config import DEFAULT_MODEL, REPO_ROOT
+from supersizeme.modelspec import RDNParams
+
+TINY = RDNParams(C=1, D=1, G=4, G0=4, scale=2)
+
+
+def make_model_folder(path: Path, params: RDNParams = TINY, seed: int = 7) -> Path:
+    import keras
+
+    from supersizeme.rdn import build_rdn, save_model_folder
+
+    keras.utils.set_random_seed(seed)
+    save_model_folder(build_rdn(params), params, path, {"evaluation": None})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_model_folder(tmp_path_factory.mktemp("models") / TINY.name)
+
+
+@pytest.fixture(scope="session")
+def shipped_model_dir() -> Path:
+    return REPO_ROOT / "models" / DEFAULT_MODEL
+
+
+@pytest.fixture
+def app(tiny_model_dir):
+    from supersizeme import create_app
+
+    return create_app(
+        {"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "LOAD_IN_BACKGROUND": False, "TILE": 64}
+    )
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -1,0 +1,92 @@
+"""Real image files, made in memory with Pillow (or by hand where Pillow will not write them)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from io import BytesIO
+
+import numpy as np
+from PIL import Image, ImageCms
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def gradient(width: int, height: int, channels: int = 3) -> np.ndarray:
+    """A uint8 HxWxC (HxW for one channel) image whose channels differ, so mix-ups show."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    planes = [(xs * 7 + ys * 3 + 40 * c) % 256 for c in range(channels)]
+    image = np.stack(planes, axis=2).astype(np.uint8)
+    return image[..., 0] if channels == 1 else image
+
+
+def encoded(image: Image.Image, image_format: str, **options: object) -> bytes:
+    buffer = BytesIO()
+    image.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def png(image: Image.Image, **options: object) -> bytes:
+    return encoded(image, "PNG", **options)
+
+
+def jpeg(image: Image.Image, **options: object) -> bytes:
+    return encoded(image, "JPEG", **options)
+
+
+def reopened(data: bytes) -> Image.Image:
+    image = Image.open(BytesIO(data))
+    image.load()
+    return image
+
+
+def srgb_profile() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def apng(width: int = 16, height: int = 16) -> bytes:
+    frames = [Image.new("RGB", (width, height), colour) for colour in ("red", "blue")]
+    return png(frames[0], save_all=True, append_images=frames[1:])
+
+
+def png_chunk(chunk_type: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(chunk_type + payload)
+    return struct.pack(">I", len(payload)) + chunk_type + payload + struct.pack(">I", crc)
+
+
+def handmade_png(
+    width: int, height: int, *, bit_depth: int, colour_type: int, idat: bytes
+) -> bytes:
+    """A PNG with whatever IHDR we say, and ``idat`` as its compressed image data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (
+        PNG_SIGNATURE
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def header_bomb(width: int, height: int) -> bytes:
+    """A few dozen bytes declaring a width x height 8-bit grey image with almost no data."""
+    return handmade_png(width, height, bit_depth=8, colour_type=0, idat=zlib.compress(bytes(1024)))
+
+
+def rgb48_png(samples: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write these) from uint16 HxWx3."""
+    height, width, _ = samples.shape
+    rows = np.ascontiguousarray(samples, dtype=">u2").view(np.uint8).reshape(height, width * 6)
+    scanlines = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1)
+    return handmade_png(
+        width, height, bit_depth=16, colour_type=2, idat=zlib.compress(scanlines.tobytes())
+    )
+
+
+def with_bad_crc(data: bytes, chunk_type: bytes) -> bytes:
+    """``data`` with the CRC of its first ``chunk_type`` chunk flipped."""
+    start = data.index(chunk_type) - 4
+    (length,) = struct.unpack(">I", data[start : start + 4])
+    crc_at = start + 8 + length
+    corrupted = bytearray(data)
+    corrupted[crc_at] ^= 0xFF
+    return bytes(corrupted)

@@ -1,0 +1,251 @@
+"""The HTTP contract of supersizeme/api.py, with real PNG/JPEG bytes and the tiny RDN."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from supersizeme.predictor import ModelSlot
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def gradient(mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> Image.Image:
+    width, height = size
+    ramp = np.add.outer(np.arange(height) * 3, np.arange(width) * 5) % 256
+    rgb = np.stack([ramp, ramp[::-1], np.full_like(ramp, 90)], axis=2).astype(np.uint8)
+    return Image.fromarray(rgb, "RGB").convert(mode)
+
+
+def post(client, data: bytes, path: str = "/supersizeme/", **kwargs):
+    kwargs.setdefault("content_type", "image/png")
+    return client.post(path, data=data, **kwargs)
+
+
+def as_image(response) -> Image.Image:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "image/png"
+    return Image.open(io.BytesIO(response.data))
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert body["error"] == code
+    assert body["message"] and body["request_id"] == response.headers["X-Request-ID"]
+    text = json.dumps(body)
+    assert "Traceback" not in text and "/" not in body["message"].replace("5 MB", "")
+    return body
+
+
+@pytest.mark.parametrize("path", ["/supersizeme/", "/supersizeme"])
+def test_both_paths_answer_directly_with_a_png_twice_the_size(client, path):
+    result = as_image(post(client, encoded(gradient()), path))
+    assert result.size == (80, 60) and result.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "image/png",
+        "image/jpeg",
+        "image/jpg",
+        "application/octet-stream",
+        "application/x-www-form-urlencoded",
+        None,
+    ],
+)
+def test_format_comes_from_the_bytes_not_the_header(client, content_type):
+    response = client.post(
+        "/supersizeme", data=encoded(gradient(), "JPEG"), content_type=content_type
+    )
+    assert as_image(response).size == (80, 60)
+
+
+def test_multipart_upload_with_one_file(client):
+    data = {"image": (io.BytesIO(encoded(gradient())), "photo.png", "image/png")}
+    response = client.post("/supersizeme/", data=data, content_type="multipart/form-data")
+    assert as_image(response).size == (80, 60)
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_multipart_needs_exactly_one_file(client, count):
+    data = {f"f{i}": (io.BytesIO(encoded(gradient())), f"{i}.png") for i in range(count)}
+    data["note"] = "hello"
+    response = client.post("/supersizeme/", data=data, content_type="multipart/form-data")
+    assert_error(response, 400, "expected_one_file")
+
+
+def test_request_id_and_server_timing_headers(client):
+    response = post(client, encoded(gradient()), headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+    timing = response.headers["Server-Timing"]
+    assert all(f"{name};dur=" in timing for name in ("decode", "inference", "encode"))
+    generated = post(client, encoded(gradient())).headers["X-Request-ID"]
+    assert len(generated) == 32
+    hostile = post(client, encoded(gradient()), headers={"X-Request-ID": "a b\x01" * 50})
+    assert hostile.headers["X-Request-ID"] != "a b\x01" * 50
+
+
+@pytest.mark.parametrize(
+    "mode,expected",
+    [("RGB", "RGB"), ("L", "L"), ("RGBA", "RGBA"), ("LA", "LA"), ("P", "RGB")],
+)
+def test_modes_map_back(client, mode, expected):
+    assert as_image(post(client, encoded(gradient(mode)))).mode == expected
+
+
+def test_transparency_survives(client):
+    image = gradient("RGBA")
+    alpha = np.zeros((30, 40), np.uint8)
+    alpha[:, 20:] = 255
+    image.putalpha(Image.fromarray(alpha))
+    result = np.asarray(as_image(post(client, encoded(image))))
+    assert result.shape == (60, 80, 4)
+    assert result[:, :36, 3].max() == 0 and result[:, 44:, 3].min() == 255
+
+
+def test_palette_with_trns_keeps_transparency(client):
+    image = gradient("P")
+    image.info["transparency"] = 0
+    result = as_image(post(client, encoded(image, transparency=0)))
+    assert result.mode == "RGBA"
+
+
+def test_cmyk_jpeg_and_sixteen_bit_png(client):
+    assert as_image(post(client, encoded(gradient("CMYK"), "JPEG"))).mode == "RGB"
+    sixteen = Image.fromarray((np.arange(40 * 30).reshape(30, 40) * 50).astype(np.uint16))
+    result = as_image(post(client, encoded(sixteen)))
+    assert result.size == (80, 60) and result.mode.startswith("I")
+
+
+def test_exif_orientation_is_applied(client):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    result = as_image(post(client, encoded(gradient(), "JPEG", exif=exif)))
+    assert result.size == (60, 80)
+
+
+def test_empty_body(client):
+    assert_error(post(client, b""), 400, "empty_body")
+
+
+def test_body_over_five_megabytes_is_refused_before_decoding(client):
+    response = post(client, b"\x89PNG\r\n\x1a\n" + b"\0" * (5 * 1024 * 1024))
+    body = assert_error(response, 413, "payload_too_large")
+    assert "5242880" in body["message"]
+
+
+def test_chunked_body_over_the_limit(client):
+    stream = io.BytesIO(b"\xff\xd8\xff" + b"\0" * (5 * 1024 * 1024 + 10))
+    response = client.post(
+        "/supersizeme/",
+        input_stream=stream,
+        headers={"Transfer-Encoding": "chunked", "Content-Type": "image/jpeg"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert_error(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encoded(gradient(), "GIF"),
+        encoded(gradient(), "WEBP"),
+        encoded(gradient(), "BMP"),
+        encoded(gradient(), "TIFF"),
+        b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n",
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+        bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
+    ],
+    ids=["gif", "webp", "bmp", "tiff", "pdf", "svg", "random"],
+)
+def test_other_formats_get_415(client, data):
+    assert_error(post(client, data), 415, "unsupported_media_type")
+
+
+def test_corrupt_and_truncated_images_get_422(client):
+    png = encoded(gradient())
+    assert_error(post(client, png[: len(png) // 2]), 422, "corrupt_image")
+    jpeg = encoded(gradient(size=(200, 200)), "JPEG")
+    assert_error(post(client, jpeg[: len(jpeg) // 2]), 422, "corrupt_image")
+
+
+def test_pixel_cap_and_minimum_side(tiny_model_dir):
+    from supersizeme import create_app
+
+    app = create_app(
+        {
+            "TESTING": True,
+            "MODEL_DIR": str(tiny_model_dir),
+            "LOAD_IN_BACKGROUND": False,
+            "MAX_PIXELS": 1000,
+        }
+    )
+    body = assert_error(post(app.test_client(), encoded(gradient())), 422, "too_many_pixels")
+    assert "1,000" in body["message"] and "40x30" in body["message"]
+    client = app.test_client()
+    assert_error(post(client, encoded(gradient(size=(40, 3)))), 422, "too_small")
+
+
+def test_animated_png_is_refused(client):
+    frames = [gradient(), gradient().rotate(180)]
+    data = encoded(frames[0], save_all=True, append_images=frames[1:])
+    assert_error(post(client, data), 422, "animated_image")
+
+
+def test_unknown_route_and_wrong_method_are_json(client):
+    assert_error(client.get("/nope"), 404, "not_found")
+    assert_error(client.get("/supersizeme/"), 405, "method_not_allowed")
+
+
+def test_not_ready_worker_answers_503_with_retry_after(app, client):
+    loaded = app.extensions["supersizeme.model"]
+    app.extensions["supersizeme.model"] = ModelSlot(loaded.folder, loaded.settings)
+    response = post(client, encoded(gradient()))
+    assert_error(response, 503, "not_ready")
+    assert response.headers["Retry-After"]
+    assert_error(client.get("/readyz"), 503, "not_ready")
+    assert client.get("/healthz").status_code == 200
+
+
+def test_deadline_gives_503(app, client):
+    app.config["DEADLINE_SECONDS"] = 0.0
+    response = post(client, encoded(gradient()))
+    assert_error(response, 503, "deadline_exceeded")
+    assert response.headers["Retry-After"]
+
+
+def test_unexpected_failure_is_a_generic_500(app, client, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("secret detail at /srv/models/x")
+
+    monkeypatch.setattr("supersizeme.api.upscale_decoded", explode)
+    body = assert_error(post(client, encoded(gradient())), 500, "internal_error")
+    assert "secret" not in json.dumps(body)
+
+
+def test_health_ready_and_model_endpoints(client, tiny_model_dir):
+    assert client.get("/healthz").get_json()["status"] == "ok"
+    assert client.get("/readyz").get_json()["status"] == "ready"
+    info = client.get("/supersizeme/model").get_json()
+    assert info["name"] == "rdn-C1-D1-G4-G04-x2"
+    assert info["parameters"] == {
+        "C": 1,
+        "D": 1,
+        "G": 4,
+        "G0": 4,
+        "scale": 2,
+        "upscaling": "shuffle",
+    }
+    assert len(info["weights_sha256"]) == 64
+    assert info["limits"]["max_body_bytes"] == 5 * 1024 * 1024

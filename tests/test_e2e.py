@@ -1,0 +1,192 @@
+"""End to end: real gunicorn serving the shipped model, driven by curl and raw HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from supersizeme.config import REPO_ROOT
+from supersizeme.metrics import y_psnr_ssim
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, headers=None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def server(shipped_model_dir, tmp_path_factory):
+    """One gunicorn worker (so that its pid identifies it) serving the shipped model."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("gunicorn") / "server.log"
+    env = {
+        **os.environ,
+        "SSM_BIND": f"127.0.0.1:{port}",
+        "SSM_WORKERS": "1",
+        "SSM_MODEL_DIR": str(shipped_model_dir),
+    }
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            try:
+                if request(port, "GET", "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("gunicorn did not become ready:\n" + log.read_text())
+        yield port, log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=90)
+
+
+def synthetic_photo() -> Image.Image:
+    """Sharp edges, thin lines, text and smooth shading: what bicubic blurs."""
+    image = Image.new("RGB", (240, 160), (200, 210, 225))
+    draw = ImageDraw.Draw(image)
+    for i in range(12):
+        draw.line([(10 + i * 9, 10), (40 + i * 11, 150)], fill=(30 + i * 15, 60, 90), width=2)
+    draw.ellipse([120, 20, 220, 120], outline=(20, 20, 20), width=3, fill=(240, 180, 40))
+    draw.rectangle([150, 125, 230, 150], fill=(60, 120, 60))
+    draw.text((128, 60), "RDN x2", fill=(0, 0, 0))
+    return image
+
+
+def readme_curl_command() -> str:
+    """The curl line of the README's quick start, run exactly as written."""
+    for line in (REPO_ROOT / "README.md").read_text().splitlines():
+        if line.strip().startswith("curl -X POST"):
+            return line.strip()
+    raise AssertionError("README has no curl example")
+
+
+def test_health_and_readiness(server):
+    port, _ = server
+    status, _, body = request(port, "GET", "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    assert request(port, "GET", "/readyz")[0] == 200
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_readme_curl_example(server, tmp_path, fmt):
+    port, _ = server
+    truth = synthetic_photo()
+    photo = truth.resize((truth.width // 2, truth.height // 2), Image.Resampling.BICUBIC)
+    photo.save(tmp_path / "in.png", fmt, quality=95)  # the README's file name for both
+    command = readme_curl_command()
+    completed = subprocess.run(
+        ["bash", "-c", command],
+        cwd=tmp_path,
+        env={**os.environ, "HOST": f"http://127.0.0.1:{port}"},
+        capture_output=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    result = Image.open(tmp_path / "out.png")
+    assert result.format == "PNG"
+    assert result.size == (photo.width * 2, photo.height * 2)
+    if fmt == "PNG":
+        # Sharper than interpolation: the shipped model beats bicubic against the truth.
+        bicubic = photo.resize(result.size, Image.Resampling.BICUBIC)
+        ours = y_psnr_ssim(np.asarray(truth), np.asarray(result.convert("RGB")), border=2)[0]
+        baseline = y_psnr_ssim(np.asarray(truth), np.asarray(bicubic), border=2)[0]
+        assert ours > baseline + 0.5, (ours, baseline)
+
+
+def test_chunked_upload_over_the_limit_gets_413(server, tmp_path):
+    port, _ = server
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8\xff" + os.urandom(5 * 1024 * 1024 + 100))
+    completed = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-X",
+            "POST",
+            f"http://127.0.0.1:{port}/supersizeme",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Content-Type: image/jpeg",
+            "--data-binary",
+            f"@{big}",
+            "-w",
+            "\n%{http_code}",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    body, status = completed.stdout.rsplit(b"\n", 1)
+    assert status == b"413"
+    assert json.loads(body)["error"] == "payload_too_large"
+
+
+def bad_uploads() -> list[bytes]:
+    good = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(good, "PNG")
+    png = good.getvalue()
+    rng = np.random.default_rng(5)
+    bomb = png[:16] + (100_000).to_bytes(4, "big") * 2 + png[24:]
+    return [
+        b"",
+        png[:40],
+        png[:-20],
+        bomb,
+        b"GIF89a" + bytes(100),
+        b"%PDF-1.7\n",
+        b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)),
+        b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)),
+        bytes(rng.integers(0, 256, 500, dtype=np.uint8)),
+        b"<svg/>",
+    ]
+
+
+def test_two_hundred_bad_uploads_leave_the_worker_alive(server):
+    port, log = server
+    pid = json.loads(request(port, "GET", "/healthz")[2])["pid"]
+    uploads = bad_uploads()
+    for i in range(200):
+        status, _, body = request(port, "POST", "/supersizeme/", uploads[i % len(uploads)])
+        assert 400 <= status < 500, (i, status, body)
+        error = json.loads(body)
+        assert set(error) == {"error", "message", "request_id"}
+        assert "Traceback" not in body.decode()
+    assert json.loads(request(port, "GET", "/healthz")[2])["pid"] == pid
+    assert "Traceback" not in Path(log).read_text()

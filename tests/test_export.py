@@ -1,0 +1,98 @@
+"""From a (tiny) training checkpoint to a measured, documented model folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from supersizeme import export
+from supersizeme.modelspec import SPEC_FILE, WEIGHTS_FILE, ModelFolder, sha256_of
+from supersizeme.train import TrainConfig, parse_args, read_checkpoint, train
+
+
+def random_pngs(folder: Path, count: int, size: tuple[int, int], seed: int) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img_{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[Path, TrainConfig]:
+    root = tmp_path_factory.mktemp("train")
+    config = TrainConfig(
+        C=1, D=1, G=4, G0=4, steps=3, batch=2, patch=16, warmup=1, precision="float32",
+        threads=1, data=str(random_pngs(root / "data", 3, (40, 44), seed=1)),
+        out=str(root / "run"),
+    )
+    return train(config) / "ckpt.npz", config
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory) -> tuple[ModelFolder, Path]:
+    bench = random_pngs(tmp_path_factory.mktemp("bench") / "synth", 2, (30, 26), seed=2)
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    folder = export.export(checkpoint[0], out, [bench], data_name="random test images", tile=16,
+                           threads=1)
+    return folder, bench
+
+
+def test_folder_files_and_sha(exported):
+    folder, _ = exported
+    assert {p.name for p in folder.path.iterdir()} == {WEIGHTS_FILE, SPEC_FILE, export.CARD_FILE}
+    spec = json.loads((folder.path / SPEC_FILE).read_text())
+    assert spec["weights_sha256"] == sha256_of(folder.path / WEIGHTS_FILE)
+    assert spec["name"] == "rdn-C1-D1-G4-G04-x2" and spec["C"] == 1 and spec["G0"] == 4
+
+
+def test_weights_are_the_checkpoints(exported, checkpoint):
+    from supersizeme.rdn import load_rdn
+
+    _, weights, _ = read_checkpoint(checkpoint[0])
+    loaded = load_rdn(exported[0]).get_weights()
+    assert len(loaded) == len(weights)
+    assert all(np.array_equal(a, b) for a, b in zip(loaded, weights, strict=True))
+
+
+def test_training_record(exported):
+    training = exported[0].spec["training"]
+    assert training["steps"] == 3 and training["batch"] == 2 and training["patch_lr"] == 16
+    assert training["data"] == "random test images" and training["precision"] == "float32"
+    assert "cores" in training["hardware"]
+
+
+def test_evaluation_is_stored_and_on_the_card(exported):
+    folder, bench = exported
+    rows = folder.spec["evaluation"][bench.name]
+    assert set(rows) == {"bicubic", "tiny"}
+    card = (folder.path / export.CARD_FILE).read_text()
+    for entry in rows.values():
+        assert entry["images"] == 2 and np.isfinite(entry["psnr"])
+        assert f"{entry['psnr']:.2f} / {entry['ssim']:.4f}" in card
+    assert folder.spec["evaluation_setup"]["tile"] == 16
+    assert "python -m supersizeme.train" in card and "python -m supersizeme.export" in card
+    assert "1802.08797" in card and "check the terms" in card
+
+
+def test_train_command_reproduces_the_config(checkpoint):
+    _, config = checkpoint
+    command = export.train_command(dataclasses.asdict(config))
+    parsed = parse_args(shlex.split(command)[3:])
+    ignored = export._BOOKKEEPING
+    assert {k: v for k, v in dataclasses.asdict(parsed).items() if k not in ignored} == {
+        k: v for k, v in dataclasses.asdict(config).items() if k not in ignored
+    }
+
+
+def test_card_names_the_licences_of_the_291_images(exported):
+    spec = {**exported[0].spec, "training": {"data": export.DEFAULT_DATA_NAME}}
+    card = export.render_card(spec, {"train": "t", "export": "e", "evaluate": "v"})
+    assert "Yang" in card and "BSDS300" in card and "non-commercial" in card

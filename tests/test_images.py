@@ -1,0 +1,397 @@
+"""The image layer, exercised with real PNG and JPEG bytes made in memory."""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+from imagefactory import (
+    apng,
+    encoded,
+    gradient,
+    handmade_png,
+    header_bomb,
+    jpeg,
+    png,
+    reopened,
+    rgb48_png,
+    srgb_profile,
+    with_bad_crc,
+)
+from PIL import Image, ImageFile
+
+from supersizeme import images
+from supersizeme.images import (
+    PNG_MAGIC,
+    DecodedImage,
+    ImageRejected,
+    Limits,
+    decode,
+    encode_png,
+    sniff_format,
+)
+
+LIMITS = Limits()
+
+
+def rejection(data: bytes, limits: Limits = LIMITS) -> ImageRejected:
+    """The ImageRejected that decode raises, after checking its message is client-safe."""
+    with pytest.raises(ImageRejected) as caught:
+        decode(data, limits)
+    error = caught.value
+    assert error.message and error.message == str(error)
+    assert "Traceback" not in error.message
+    assert "<_io." not in error.message
+    if error.__cause__ is not None:
+        assert str(error.__cause__) not in error.message
+    return error
+
+
+def enlarged(image: DecodedImage) -> tuple[np.ndarray, np.ndarray | None]:
+    """A stand-in for the network: nearest-neighbour 2x of colour and alpha."""
+
+    def double(array: np.ndarray) -> np.ndarray:
+        return array.repeat(2, axis=0).repeat(2, axis=1)
+
+    return double(image.rgb), None if image.alpha is None else double(image.alpha)
+
+
+def round_trip(image: DecodedImage) -> Image.Image:
+    rgb, alpha = enlarged(image)
+    return reopened(
+        encode_png(
+            rgb,
+            alpha,
+            grayscale=image.grayscale,
+            sixteen_bit=image.sixteen_bit,
+            icc_profile=image.icc_profile,
+        )
+    )
+
+
+def assert_well_formed(image: DecodedImage, width: int, height: int) -> None:
+    assert (image.width, image.height) == (width, height)
+    assert image.rgb.shape == (height, width, 3)
+    assert image.rgb.dtype == np.float32 and image.rgb.flags.c_contiguous
+    assert 0.0 <= image.rgb.min() and image.rgb.max() <= 1.0
+    if image.alpha is not None:
+        assert image.alpha.shape == (height, width)
+        assert image.alpha.dtype == np.float32 and image.alpha.flags.c_contiguous
+        assert 0.0 <= image.alpha.min() and image.alpha.max() <= 1.0
+
+
+# --- modes: decode flags, then encode of a 2x image -------------------------------------
+
+WIDTH, HEIGHT = 12, 10
+
+
+def palette_image(*, transparent: bool) -> bytes:
+    image = Image.fromarray(gradient(WIDTH, HEIGHT)).quantize(16)
+    return png(image, transparency=0) if transparent else png(image)
+
+
+class ModeCase(NamedTuple):
+    data: bytes
+    output_mode: str
+    grayscale: bool = False
+    sixteen_bit: bool = False
+    alpha: bool = False
+
+
+def sixteen_bit_grey(width: int, height: int) -> Image.Image:
+    return Image.fromarray(gradient(width, height, 1).astype(np.uint16) * 257)
+
+
+MODE_CASES = {
+    "RGB": ModeCase(png(Image.fromarray(gradient(WIDTH, HEIGHT))), "RGB"),
+    "RGBA": ModeCase(png(Image.fromarray(gradient(WIDTH, HEIGHT, 4))), "RGBA", alpha=True),
+    "L": ModeCase(png(Image.fromarray(gradient(WIDTH, HEIGHT, 1))), "L", grayscale=True),
+    "LA": ModeCase(
+        png(Image.fromarray(gradient(WIDTH, HEIGHT, 2))), "LA", grayscale=True, alpha=True
+    ),
+    "P": ModeCase(palette_image(transparent=False), "RGB"),
+    "P+tRNS": ModeCase(palette_image(transparent=True), "RGBA", alpha=True),
+    "1": ModeCase(
+        png(Image.fromarray(gradient(WIDTH, HEIGHT, 1)).convert("1")), "L", grayscale=True
+    ),
+    "L+tRNS": ModeCase(
+        png(Image.new("L", (WIDTH, HEIGHT), 9), transparency=9), "LA", grayscale=True, alpha=True
+    ),
+    "RGB+tRNS": ModeCase(
+        png(Image.new("RGB", (WIDTH, HEIGHT), (1, 2, 3)), transparency=(1, 2, 3)),
+        "RGBA",
+        alpha=True,
+    ),
+    "I;16": ModeCase(
+        png(sixteen_bit_grey(WIDTH, HEIGHT)), "I;16", grayscale=True, sixteen_bit=True
+    ),
+    "RGB 16-bit": ModeCase(rgb48_png(gradient(WIDTH, HEIGHT).astype(np.uint16) * 257), "RGB"),
+    "JPEG RGB": ModeCase(jpeg(Image.fromarray(gradient(WIDTH, HEIGHT))), "RGB"),
+    "JPEG L": ModeCase(jpeg(Image.fromarray(gradient(WIDTH, HEIGHT, 1))), "L", grayscale=True),
+    "JPEG CMYK": ModeCase(jpeg(Image.new("CMYK", (WIDTH, HEIGHT), (0, 255, 0, 0))), "RGB"),
+}
+
+
+@pytest.mark.parametrize("case", MODE_CASES)
+def test_each_mode_decodes_and_encodes_to_its_kind(case):
+    expected = MODE_CASES[case]
+    image = decode(expected.data, LIMITS)
+    assert_well_formed(image, WIDTH, HEIGHT)
+    assert image.grayscale == expected.grayscale
+    assert image.sixteen_bit == expected.sixteen_bit
+    assert (image.alpha is not None) == expected.alpha
+    assert image.source_format == ("JPEG" if case.startswith("JPEG") else "PNG")
+    output = round_trip(image)
+    assert output.mode == expected.output_mode
+    assert output.size == (2 * WIDTH, 2 * HEIGHT)
+
+
+@pytest.mark.parametrize(("mode", "channels"), [("RGB", 3), ("RGBA", 4), ("L", 1), ("LA", 2)])
+def test_eight_bit_png_survives_the_round_trip_exactly(mode, channels):
+    pixels = gradient(WIDTH, HEIGHT, channels)
+    output = round_trip(decode(png(Image.fromarray(pixels)), LIMITS))
+    assert output.mode == mode
+    expected = pixels.repeat(2, axis=0).repeat(2, axis=1)
+    np.testing.assert_array_equal(np.asarray(output), expected)
+
+
+def test_grey_is_replicated_to_three_equal_channels():
+    image = decode(MODE_CASES["L"].data, LIMITS)
+    np.testing.assert_array_equal(image.rgb[..., 0], image.rgb[..., 2])
+    np.testing.assert_allclose(image.rgb[..., 1] * 255, gradient(WIDTH, HEIGHT, 1), atol=1e-3)
+
+
+def test_sixteen_bit_grey_keeps_every_level():
+    samples = np.arange(WIDTH * HEIGHT, dtype=np.uint16).reshape(HEIGHT, WIDTH) * 541
+    image = decode(png(Image.fromarray(samples)), LIMITS)
+    np.testing.assert_allclose(image.rgb[..., 0] * 65535, samples, atol=0.01)
+    output = np.asarray(round_trip(image))
+    np.testing.assert_array_equal(output, samples.repeat(2, axis=0).repeat(2, axis=1))
+
+
+def test_sixteen_bit_grey_transparency_key_becomes_alpha():
+    samples = np.full((HEIGHT, WIDTH), 1000, np.uint16)
+    samples[0, 0] = 7
+    image = decode(png(Image.fromarray(samples), transparency=1000), LIMITS)
+    assert image.sixteen_bit and image.alpha is not None
+    assert image.alpha[0, 0] == 1.0 and image.alpha[1:, 1:].max() == 0.0
+    # No 16-bit grey+alpha mode to write: transparency is kept at 8 bits.
+    assert round_trip(image).mode == "LA"
+
+
+def test_sixteen_bit_rgb_png_is_reduced_to_eight_bit():
+    samples = gradient(WIDTH, HEIGHT).astype(np.uint16) * 257
+    image = decode(rgb48_png(samples), LIMITS)
+    np.testing.assert_allclose(image.rgb * 255, gradient(WIDTH, HEIGHT), atol=1e-3)
+
+
+def test_palette_transparency_becomes_alpha():
+    image = decode(palette_image(transparent=True), LIMITS)
+    assert set(np.unique(image.alpha)) <= {0.0, 1.0}
+    assert image.alpha.min() == 0.0 and image.alpha.max() == 1.0
+
+
+def test_cmyk_jpeg_becomes_rgb_and_drops_its_profile():
+    cmyk = Image.new("CMYK", (WIDTH, HEIGHT), (0, 255, 0, 0))  # magenta ink
+    image = decode(jpeg(cmyk, icc_profile=srgb_profile()), LIMITS)
+    assert image.icc_profile is None
+    red, green, blue = image.rgb[HEIGHT // 2, WIDTH // 2] * 255
+    assert red > 200 and green < 50 and blue > 200
+
+
+# --- encode_png ---------------------------------------------------------------------------
+
+
+def encoded_samples(rgb: np.ndarray, **flags: bool) -> np.ndarray:
+    options = {"grayscale": False, "sixteen_bit": False} | flags
+    return np.asarray(reopened(encode_png(rgb, None, **options)))
+
+
+def test_encode_rounds_to_nearest_and_clips():
+    values = np.array([-0.3, 0.49 / 255, 0.51 / 255, 1.49 / 255, 254.6 / 255, 1.0, 1.7])
+    rgb = np.repeat(values[None, :, None], 3, axis=2)
+    assert encoded_samples(rgb)[0, :, 0].tolist() == [0, 0, 1, 1, 255, 255, 255]
+
+
+def test_encode_sixteen_bit_rounds_to_nearest():
+    values = np.array([0.51 / 65535, 65534.6 / 65535, 2.0])
+    rgb = np.repeat(values[None, :, None], 3, axis=2)
+    samples = encoded_samples(rgb, grayscale=True, sixteen_bit=True)
+    assert samples.dtype == np.uint16 and samples[0].tolist() == [1, 65535, 65535]
+
+
+def test_grey_output_is_the_channel_mean():
+    rgb = np.zeros((2, 2, 3))
+    rgb[..., 2] = 0.6
+    assert encoded_samples(rgb, grayscale=True)[0, 0] == 51
+
+
+def test_sixteen_bit_is_ignored_for_colour():
+    rgb = np.full((2, 2, 3), 0.5)
+    assert reopened(encode_png(rgb, None, grayscale=False, sixteen_bit=True)).mode == "RGB"
+
+
+def test_encode_refuses_mismatched_shapes():
+    with pytest.raises(ValueError):
+        encode_png(np.zeros((4, 4)), None, grayscale=True, sixteen_bit=False)
+    with pytest.raises(ValueError):
+        encode_png(np.zeros((4, 4, 3)), np.zeros((4, 5)), grayscale=False, sixteen_bit=False)
+
+
+def test_encode_without_profile_writes_none():
+    output = reopened(encode_png(np.zeros((2, 2, 3)), None, grayscale=False, sixteen_bit=False))
+    assert "icc_profile" not in output.info
+
+
+@pytest.mark.parametrize("make", [png, jpeg], ids=["PNG", "JPEG"])
+def test_icc_profile_round_trips(make):
+    profile = srgb_profile()
+    image = decode(make(Image.fromarray(gradient(WIDTH, HEIGHT)), icc_profile=profile), LIMITS)
+    assert image.icc_profile == profile
+    assert round_trip(image).info["icc_profile"] == profile
+
+
+# --- orientation --------------------------------------------------------------------------
+
+
+def test_exif_orientation_is_applied():
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[:8, :8] = (255, 0, 0)  # red in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    image = decode(jpeg(Image.fromarray(stored), exif=exif, quality=95), LIMITS)
+    assert (image.width, image.height) == (24, 40)
+    red, green, blue = image.rgb[2, -3] * 255  # so it is now top-right
+    assert red > 200 and green < 50 and blue < 50
+
+
+# --- refusals -----------------------------------------------------------------------------
+
+
+def test_empty_body_is_400():
+    error = rejection(b"")
+    assert (error.status, error.code) == (400, "empty_body")
+
+
+def test_sniff_format_reads_magic_bytes():
+    assert sniff_format(PNG_MAGIC + b"anything") == "PNG"
+    assert sniff_format(b"\xff\xd8\xff\xe0rest") == "JPEG"
+
+
+SMALL = Image.fromarray(gradient(16, 16))
+FOREIGN = {
+    "GIF": (encoded(SMALL, "GIF"), "GIF"),
+    "WebP": (encoded(SMALL, "WEBP"), "WebP"),
+    "BMP": (encoded(SMALL, "BMP"), "BMP"),
+    "TIFF": (encoded(SMALL, "TIFF"), "TIFF"),
+    "TIFF big-endian": (b"MM\x00*\x00\x00\x00\x08", "TIFF"),
+    "PDF": (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", "PDF"),
+    "SVG": (
+        b'\xef\xbb\xbf  <?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>',
+        "SVG",
+    ),
+    "HTML": (b"<!doctype html><html></html>", "HTML"),
+    "HEIC": (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "HEIC"),
+    "random": (np.random.default_rng(3).bytes(200), "PNG or JPEG"),
+    "JPEG-ish prefix": (b"\xff\xd8", "PNG or JPEG"),
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN)
+def test_other_formats_are_415_and_named(case):
+    data, name = FOREIGN[case]
+    error = rejection(data)
+    assert (error.status, error.code) == (415, "unsupported_media_type")
+    assert name in error.message and "send PNG or JPEG" in error.message
+
+
+def test_too_many_pixels_is_refused_with_the_numbers():
+    error = rejection(png(Image.fromarray(gradient(100, 50))), Limits(max_pixels=4_999))
+    assert (error.status, error.code) == (422, "too_many_pixels")
+    assert "100x50" in error.message and "5,000" in error.message and "4,999" in error.message
+
+
+def test_exactly_the_limits_are_accepted():
+    image = decode(png(Image.fromarray(gradient(8, 10))), Limits(max_pixels=80, min_side=8))
+    assert (image.width, image.height) == (8, 10)
+
+
+@pytest.mark.parametrize("size", [(7, 20), (20, 7)])
+def test_too_small_is_refused_naming_the_minimum(size):
+    error = rejection(png(Image.fromarray(gradient(*size))), Limits(min_side=8))
+    assert (error.status, error.code) == (422, "too_small")
+    assert "at least 8 pixels" in error.message
+
+
+@pytest.fixture
+def no_pixel_decoding(monkeypatch):
+    """Make any pixel decode fail loudly, so a refusal proves it came from the header."""
+
+    def forbidden(self):
+        raise AssertionError("load() called")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", forbidden)
+
+
+@pytest.mark.usefixtures("no_pixel_decoding")
+@pytest.mark.parametrize("side", [5_000, 100_000])
+def test_declared_size_is_refused_from_the_header(side):
+    # 5,000 squared is over our cap but under Pillow's bomb limit; 100,000 is over both.
+    error = rejection(header_bomb(side, side))
+    assert (error.status, error.code) == (422, "too_many_pixels")
+    assert "4,000,000" in error.message
+
+
+@pytest.mark.usefixtures("no_pixel_decoding")
+def test_bomb_warning_raised_as_error_is_still_too_many_pixels():
+    side = int(Image.MAX_IMAGE_PIXELS**0.5) + 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        error = rejection(header_bomb(side, side))
+    assert error.code == "too_many_pixels"
+
+
+def test_animated_png_is_refused():
+    error = rejection(apng())
+    assert (error.status, error.code) == (422, "animated_image")
+
+
+VALID_PNG = png(Image.fromarray(gradient(32, 32)))
+VALID_JPEG = jpeg(Image.fromarray(gradient(32, 32)))
+CORRUPT = {
+    "truncated PNG": VALID_PNG[: len(VALID_PNG) // 2],
+    "PNG without IEND": VALID_PNG[:-12],
+    "truncated JPEG": VALID_JPEG[: len(VALID_JPEG) // 2],
+    "bad IHDR CRC": with_bad_crc(VALID_PNG, b"IHDR"),
+    "bad IDAT CRC": with_bad_crc(VALID_PNG, b"IDAT"),
+    "garbage after PNG magic": PNG_MAGIC + bytes(100),
+    "garbage after JPEG magic": b"\xff\xd8\xff" + np.random.default_rng(4).bytes(300),
+    "bad zlib stream": handmade_png(16, 16, bit_depth=8, colour_type=0, idat=b"not zlib"),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPT)
+def test_corrupt_data_is_422(case):
+    error = rejection(CORRUPT[case])
+    assert (error.status, error.code) == (422, "corrupt_image")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_unexpected_decoder_errors_become_corrupt_image(monkeypatch):
+    def broken(image):
+        raise KeyError("internal detail")
+
+    monkeypatch.setattr(images.ImageOps, "exif_transpose", broken)
+    error = rejection(VALID_PNG)
+    assert error.code == "corrupt_image" and "internal detail" not in error.message
+
+
+def test_memory_errors_are_not_blamed_on_the_client(monkeypatch):
+    def exhausted(image):
+        raise MemoryError
+
+    monkeypatch.setattr(images.ImageOps, "exif_transpose", exhausted)
+    with pytest.raises(MemoryError):
+        decode(VALID_PNG, LIMITS)

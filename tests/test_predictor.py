@@ -1,0 +1,91 @@
+"""Loading a model folder: the checks that stop start-up, and the loaded network."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from supersizeme.modelspec import ModelFolder, ModelFolderError
+from supersizeme.predictor import LoadSettings, ModelSlot, load
+
+
+def copy_folder(source, tmp_path):
+    target = tmp_path / "model"
+    shutil.copytree(source, target)
+    return target
+
+
+def test_missing_weights_stop_start_up(tiny_model_dir, tmp_path):
+    from supersizeme import create_app
+
+    folder = copy_folder(tiny_model_dir, tmp_path)
+    (folder / "weights.weights.h5").unlink()
+    with pytest.raises(ModelFolderError, match="no weights file"):
+        create_app({"MODEL_DIR": str(folder), "LOAD_IN_BACKGROUND": False})
+
+
+def test_changed_weights_fail_the_checksum(tiny_model_dir, tmp_path):
+    folder = copy_folder(tiny_model_dir, tmp_path)
+    with open(folder / "weights.weights.h5", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ModelFolderError, match="sha256"):
+        ModelFolder.open(folder)
+
+
+def test_weights_of_another_architecture_are_refused(tiny_model_dir, tmp_path):
+    folder = copy_folder(tiny_model_dir, tmp_path)
+    spec = json.loads((folder / "model.json").read_text())
+    spec["G"] = 8
+    (folder / "model.json").write_text(json.dumps(spec))
+    slot = ModelSlot(ModelFolder.open(folder), LoadSettings(tile=32))
+    with pytest.raises(ModelFolderError, match="do not fit"):
+        slot.load()
+    assert slot.state == "failed"
+
+
+def test_loaded_network_doubles_the_image_and_is_cached(tiny_model_dir):
+    folder = ModelFolder.open(tiny_model_dir)
+    upscaler = load(folder, LoadSettings(tile=32))
+    assert load(folder, LoadSettings(tile=32)) is upscaler
+    result = upscaler(np.random.default_rng(0).random((20, 30, 3), dtype=np.float32))
+    assert result.shape == (40, 60, 3) and result.dtype == np.float32
+
+
+def test_tiled_equals_whole_for_the_tiny_rdn(tiny_model_dir):
+    folder = ModelFolder.open(tiny_model_dir)
+    image = np.random.default_rng(0).random((70, 90, 3), dtype=np.float32)
+    whole = load(folder, LoadSettings(tile=1024))(image)
+    tiled = load(folder, LoadSettings(tile=24))(image)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_receptive_radius_matches_the_real_network(tiny_model_dir):
+    """An impulse reaches exactly ``receptive_radius`` input pixels, which tiling relies on."""
+    folder = ModelFolder.open(tiny_model_dir)
+    network = load(folder, LoadSettings(tile=1024)).network
+    base = np.full((1, 41, 41, 3), 0.5, np.float32)
+    poked = base.copy()
+    poked[0, 20, 20] = 1.0
+    changed = np.abs(network(poked) - network(base))[0].max(axis=2) > 0
+    rows = np.flatnonzero(changed.any(axis=1))
+    reach = max(20 * 2 - rows.min(), rows.max() - (20 * 2 + 1))
+    radius = folder.params.receptive_radius
+    assert (radius - 1) * 2 <= reach <= radius * 2
+
+
+def test_building_the_network_writes_nothing_to_the_working_directory(tmp_path):
+    import subprocess
+    import sys
+
+    from supersizeme.config import REPO_ROOT
+
+    code = (
+        "from supersizeme.modelspec import RDNParams; from supersizeme.rdn import build_rdn; "
+        "build_rdn(RDNParams(1, 1, 4, 4))"
+    )
+    env = {"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True)
+    assert list(tmp_path.iterdir()) == []
