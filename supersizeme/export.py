@@ -47,8 +47,8 @@ PROTOCOL = (
 # Provenance and terms of the data sets the project trains on, keyed by a word that the
 # data name contains; a data set not listed here gets a prompt to check its terms.
 _DATA_TERMS = {
-    "T91": "**T91** (91 images): Yang, Wright, Huang and Ma, \"Image super-resolution via "
-    "sparse representation\", IEEE Transactions on Image Processing, 2010; distributed with "
+    "T91": '**T91** (91 images): Yang, Wright, Huang and Ma, "Image super-resolution via '
+    'sparse representation", IEEE Transactions on Image Processing, 2010; distributed with '
     "public super-resolution research code, for research use.",
     "BSD": "**BSD200** (200 images): the training and validation splits of the Berkeley "
     "Segmentation Dataset BSDS300, Martin, Fowlkes, Tal and Malik, ICCV 2001. Berkeley "
@@ -157,7 +157,7 @@ def render_card(spec: dict[str, Any], commands: dict[str, str]) -> str:
     t = training.get
     evaluation = spec.get("evaluation")
     table = markdown_table(evaluation) if evaluation else "_Not evaluated._\n"
-    return f"""# {spec.get('name', params.name)}
+    return f"""# {spec.get("name", params.name)}
 
 A residual dense network that enlarges photographs by {params.scale}x, packaged as a model
 folder for the Super Size Me service (which loads this folder and nothing else).
@@ -225,18 +225,18 @@ for viewing, not a measurement of detail the camera never recorded.
 ## Evaluation
 
 {table}
-Protocol: {setup.get('protocol', PROTOCOL)}.
-Served precision {setup.get('precision', '?')}, tile {setup.get('tile', '?')} px, TensorFlow
-threads: {setup.get('threads', '?')}, on {setup.get('hardware', '?')}. The bicubic row goes
+Protocol: {setup.get("protocol", PROTOCOL)}.
+Served precision {setup.get("precision", "?")}, tile {setup.get("tile", "?")} px, TensorFlow
+threads: {setup.get("threads", "?")}, on {setup.get("hardware", "?")}. The bicubic row goes
 through the same PNG-in, PNG-out measurement. Latencies depend on the machine and on what
 else it was running at the time.
 
 ## Reproduce
 
 ```sh
-{commands['train']}
-{commands['export']}
-{commands['evaluate']}
+{commands["train"]}
+{commands["export"]}
+{commands["evaluate"]}
 ```
 
 {budget_note}

@@ -144,8 +144,7 @@ def architecture_svg(params: RDNParams, parameter_count: int | None = None) -> s
     enlarge = "pixel shuffle" if params.upscaling == "shuffle" else "upsampling"
     convs = f"{params.C} conv" + ("s" if params.C > 1 else "")
     rdbs = [
-        "..." if d is None else ([f"RDB {d}", convs, f"G = {params.G}"], "rdb", 64)
-        for d in shown
+        "..." if d is None else ([f"RDB {d}", convs, f"G = {params.G}"], "rdb", 64) for d in shown
     ]
     top = [
         (["LR input", "H×W×3"], "io", 64),
@@ -156,15 +155,26 @@ def architecture_svg(params: RDNParams, parameter_count: int | None = None) -> s
         (["GFF", "conv 1×1", f"G0 = {params.G0}"], "fusion", 72),
         (["GFF", "conv 3×3", f"G0 = {params.G0}"], "fusion", 72),
         "+",
-        (["upscaling", "conv 5×5, 64 + ReLU", "conv 3×3, 32 + ReLU",
-          f"conv 3×3, {c_dim * s * s}", f"{enlarge} ×{s}"], "upscale", 128),
+        (
+            [
+                "upscaling",
+                "conv 5×5, 64 + ReLU",
+                "conv 3×3, 32 + ReLU",
+                f"conv 3×3, {c_dim * s * s}",
+                f"{enlarge} ×{s}",
+            ],
+            "upscale",
+            128,
+        ),
         (["SR conv", "3×3", f"{c_dim} channels"], "conv", 72),
         (["SR output", f"{s}H×{s}W×3"], "io", 76),
     ]
     detail = [
         (["F d−1", "block input", f"G0 = {params.G0}"], "io", 76),
-        *[([f"conv {c}", "3×3 + ReLU", f"G = {params.G}"], "conv", 76)
-          for c in range(1, params.C + 1)],
+        *[
+            ([f"conv {c}", "3×3 + ReLU", f"G = {params.G}"], "conv", 76)
+            for c in range(1, params.C + 1)
+        ],
         (["concat", f"G0 + C·G = {params.G0 + params.C * params.G}"], "fusion", 112),
         (["LFF", "conv 1×1", f"G0 = {params.G0}"], "fusion", 72),
         "+",
@@ -174,11 +184,22 @@ def architecture_svg(params: RDNParams, parameter_count: int | None = None) -> s
     width = max(1060, max(sum(_node_width(n) + _GAP for n in row) for row in (top, detail)) + 12)
     svg = Svg(int(width), 520)
     count = f" · {parameter_count:,} parameters" if parameter_count else ""
-    svg.text(20, 30, f"Residual Dense Network (Zhang et al. 2018) as built by ISR: "
-                     f"{params.name}", 16, font_weight="bold")
-    svg.text(20, 52, f"C = {params.C} conv layers per block · D = {params.D} residual dense "
-                     f"blocks · G = {params.G} growth rate · G0 = {params.G0} features · "
-                     f"×{s}{count}", 12, fill="#374151")
+    svg.text(
+        20,
+        30,
+        f"Residual Dense Network (Zhang et al. 2018) as built by ISR: {params.name}",
+        16,
+        font_weight="bold",
+    )
+    svg.text(
+        20,
+        52,
+        f"C = {params.C} conv layers per block · D = {params.D} residual dense "
+        f"blocks · G = {params.G} growth rate · G0 = {params.G0} features · "
+        f"×{s}{count}",
+        12,
+        fill="#374151",
+    )
 
     cy = 150
     nodes = _row(svg, 20, cy, top)
@@ -186,8 +207,14 @@ def architecture_svg(params: RDNParams, parameter_count: int | None = None) -> s
     f_minus_1, add = nodes[1], nodes[len(rdbs) + 6]
     start = f_minus_1.right + _GAP / 2
     svg.path(f"M {start:.1f} {cy:.1f} V 92 H {add.cx:.1f} V {cy - 12:.1f}")
-    svg.text((start + add.cx) / 2, 86, "global residual learning", 11, text_anchor="middle",
-             fill="#374151")
+    svg.text(
+        (start + add.cx) / 2,
+        86,
+        "global residual learning",
+        11,
+        text_anchor="middle",
+        fill="#374151",
+    )
     # Global feature fusion sees the output of every block, not only the last one.
     blocks = [p for p, d in zip(nodes[3 : 3 + len(rdbs)], shown, strict=True) if d is not None]
     concat = nodes[3 + len(rdbs)]
@@ -195,17 +222,28 @@ def architecture_svg(params: RDNParams, parameter_count: int | None = None) -> s
     for block in blocks:
         svg.path(f"M {block.cx:.1f} {cy + _BOX_H / 2:.1f} V {bus_y:.1f}", arrow=False)
     svg.path(f"M {blocks[0].cx:.1f} {bus_y:.1f} H {concat.cx:.1f} V {cy + _BOX_H / 2 + 2:.1f}")
-    svg.text(blocks[0].cx, bus_y + 16, "every block's output goes to the global fusion", 11,
-             fill="#374151")
+    svg.text(
+        blocks[0].cx,
+        bus_y + 16,
+        "every block's output goes to the global fusion",
+        11,
+        fill="#374151",
+    )
 
     frame_y = 250
     svg.parts.append(
         f'<rect x="10" y="{frame_y}" width="{width - 20:.0f}" height="{520 - frame_y - 40}" '
         'rx="10" fill="none" stroke="#b45309" stroke-dasharray="6 4"/>'
     )
-    svg.text(24, frame_y + 22, f"One residual dense block (RDB), repeated D = {params.D} "
-                               f"times: C = {params.C} conv + ReLU layers, densely connected",
-             13, font_weight="bold", fill="#b45309")
+    svg.text(
+        24,
+        frame_y + 22,
+        f"One residual dense block (RDB), repeated D = {params.D} "
+        f"times: C = {params.C} conv + ReLU layers, densely connected",
+        13,
+        font_weight="bold",
+        fill="#b45309",
+    )
     cy = frame_y + 110
     nodes = _row(svg, 24, cy, detail)
     # Dense connections: every layer (and the concat) sees the block input and every
@@ -221,17 +259,31 @@ def architecture_svg(params: RDNParams, parameter_count: int | None = None) -> s
             depth = 16 + 58 * (j - i) / last
             x1 = source.cx + (source.w / 2 - 8) * (j - i - 2) / max(1, last - i - 2)
             x2 = target.x + 8 + (target.w / 2 - 8) * i / max(1, j - 2)
-            svg.path(f"M {x1:.1f} {y0:.1f} C {x1:.1f} {y0 + depth:.1f} {x2:.1f} "
-                     f"{y0 + depth:.1f} {x2:.1f} {y0 + 2:.1f}", colour="#1d4ed8")
+            svg.path(
+                f"M {x1:.1f} {y0:.1f} C {x1:.1f} {y0 + depth:.1f} {x2:.1f} "
+                f"{y0 + depth:.1f} {x2:.1f} {y0 + 2:.1f}",
+                colour="#1d4ed8",
+            )
     add = nodes[params.C + 3]
     start = nodes[0].right + _GAP / 2
     svg.path(f"M {start:.1f} {cy:.1f} V {cy - 62:.1f} H {add.cx:.1f} V {cy - 12:.1f}")
-    svg.text((start + add.cx) / 2, cy - 68, "local residual learning", 11, text_anchor="middle",
-             fill="#374151")
-    svg.text(24, 510, "⊕ element-wise sum · blue curves: dense connections (each layer "
-                      "reads the concatenation of the block input and all earlier layers) · "
-                      "LFF: local feature fusion · GFF: global feature fusion", 11,
-             fill="#374151")
+    svg.text(
+        (start + add.cx) / 2,
+        cy - 68,
+        "local residual learning",
+        11,
+        text_anchor="middle",
+        fill="#374151",
+    )
+    svg.text(
+        24,
+        510,
+        "⊕ element-wise sum · blue curves: dense connections (each layer "
+        "reads the concatenation of the block input and all earlier layers) · "
+        "LFF: local feature fusion · GFF: global feature fusion",
+        11,
+        fill="#374151",
+    )
     return svg.render()
 
 
@@ -334,8 +386,13 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser.add_argument("--model", required=True, help="a model folder")
     parser.add_argument("--image", required=True, help="a benchmark HR image")
     parser.add_argument("--out", default="assets", help="folder for the two figures")
-    parser.add_argument("--crop", type=int, nargs=3, metavar=("X", "Y", "SIZE"),
-                        help="HR window (default: the busiest 96 px square)")
+    parser.add_argument(
+        "--crop",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "SIZE"),
+        help="HR window (default: the busiest 96 px square)",
+    )
     parser.add_argument("--zoom", type=int, default=3, help="nearest-neighbour magnification")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads; 0: all")

@@ -21,7 +21,7 @@ import numpy as np
 Network = Callable[[np.ndarray], np.ndarray]
 
 
-class DeadlineExceeded(Exception):  # noqa: N818 - reads as the event it reports
+class DeadlineExceeded(Exception):
     """The request's deadline passed between two tiles."""
 
 

@@ -61,7 +61,8 @@ class TrainConfig:
     precision: str = "bfloat16"  # mixed_bfloat16 halves a step's time on AVX-512 BF16 CPUs
     threads: int = 0  # 0: all cores
     seed: int = 1234
-    init: str = "fan-in"  # "fan-in": U(+-1/sqrt(fan_in)) for kernels and biases; "isr": ISR's U(+-0.05)
+    # "fan-in": kernels and biases from U(+-1/sqrt(fan_in)); "isr": ISR's U(+-0.05) for all
+    init: str = "fan-in"
     # bookkeeping
     out: str = "runs/rdn"
     checkpoint_every: int = 250

@@ -7,22 +7,19 @@ import json
 
 import numpy as np
 import pytest
+from imagefactory import encoded as factory_encoded
+from imagefactory import gradient
 from PIL import Image
 
 from supersizeme.predictor import ModelSlot
 
 
-def encoded(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
+def picture(mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> Image.Image:
+    return Image.fromarray(gradient(*size), "RGB").convert(mode)
 
 
-def gradient(mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> Image.Image:
-    width, height = size
-    ramp = np.add.outer(np.arange(height) * 3, np.arange(width) * 5) % 256
-    rgb = np.stack([ramp, ramp[::-1], np.full_like(ramp, 90)], axis=2).astype(np.uint8)
-    return Image.fromarray(rgb, "RGB").convert(mode)
+def encoded(image: Image.Image, image_format: str = "PNG", **options: object) -> bytes:
+    return factory_encoded(image, image_format, **options)
 
 
 def post(client, data: bytes, path: str = "/supersizeme/", **kwargs):
@@ -49,7 +46,7 @@ def assert_error(response, status: int, code: str) -> dict:
 
 @pytest.mark.parametrize("path", ["/supersizeme/", "/supersizeme"])
 def test_both_paths_answer_directly_with_a_png_twice_the_size(client, path):
-    result = as_image(post(client, encoded(gradient()), path))
+    result = as_image(post(client, encoded(picture()), path))
     assert result.size == (80, 60) and result.mode == "RGB"
 
 
@@ -66,33 +63,33 @@ def test_both_paths_answer_directly_with_a_png_twice_the_size(client, path):
 )
 def test_format_comes_from_the_bytes_not_the_header(client, content_type):
     response = client.post(
-        "/supersizeme", data=encoded(gradient(), "JPEG"), content_type=content_type
+        "/supersizeme", data=encoded(picture(), "JPEG"), content_type=content_type
     )
     assert as_image(response).size == (80, 60)
 
 
 def test_multipart_upload_with_one_file(client):
-    data = {"image": (io.BytesIO(encoded(gradient())), "photo.png", "image/png")}
+    data = {"image": (io.BytesIO(encoded(picture())), "photo.png", "image/png")}
     response = client.post("/supersizeme/", data=data, content_type="multipart/form-data")
     assert as_image(response).size == (80, 60)
 
 
 @pytest.mark.parametrize("count", [0, 2])
 def test_multipart_needs_exactly_one_file(client, count):
-    data = {f"f{i}": (io.BytesIO(encoded(gradient())), f"{i}.png") for i in range(count)}
+    data = {f"f{i}": (io.BytesIO(encoded(picture())), f"{i}.png") for i in range(count)}
     data["note"] = "hello"
     response = client.post("/supersizeme/", data=data, content_type="multipart/form-data")
     assert_error(response, 400, "expected_one_file")
 
 
 def test_request_id_and_server_timing_headers(client):
-    response = post(client, encoded(gradient()), headers={"X-Request-ID": "abc-123"})
+    response = post(client, encoded(picture()), headers={"X-Request-ID": "abc-123"})
     assert response.headers["X-Request-ID"] == "abc-123"
     timing = response.headers["Server-Timing"]
     assert all(f"{name};dur=" in timing for name in ("decode", "inference", "encode"))
-    generated = post(client, encoded(gradient())).headers["X-Request-ID"]
+    generated = post(client, encoded(picture())).headers["X-Request-ID"]
     assert len(generated) == 32
-    hostile = post(client, encoded(gradient()), headers={"X-Request-ID": "a b\x01" * 50})
+    hostile = post(client, encoded(picture()), headers={"X-Request-ID": "a b\x01" * 50})
     assert hostile.headers["X-Request-ID"] != "a b\x01" * 50
 
 
@@ -101,11 +98,11 @@ def test_request_id_and_server_timing_headers(client):
     [("RGB", "RGB"), ("L", "L"), ("RGBA", "RGBA"), ("LA", "LA"), ("P", "RGB")],
 )
 def test_modes_map_back(client, mode, expected):
-    assert as_image(post(client, encoded(gradient(mode)))).mode == expected
+    assert as_image(post(client, encoded(picture(mode)))).mode == expected
 
 
 def test_transparency_survives(client):
-    image = gradient("RGBA")
+    image = picture("RGBA")
     alpha = np.zeros((30, 40), np.uint8)
     alpha[:, 20:] = 255
     image.putalpha(Image.fromarray(alpha))
@@ -115,14 +112,14 @@ def test_transparency_survives(client):
 
 
 def test_palette_with_trns_keeps_transparency(client):
-    image = gradient("P")
+    image = picture("P")
     image.info["transparency"] = 0
     result = as_image(post(client, encoded(image, transparency=0)))
     assert result.mode == "RGBA"
 
 
 def test_cmyk_jpeg_and_sixteen_bit_png(client):
-    assert as_image(post(client, encoded(gradient("CMYK"), "JPEG"))).mode == "RGB"
+    assert as_image(post(client, encoded(picture("CMYK"), "JPEG"))).mode == "RGB"
     sixteen = Image.fromarray((np.arange(40 * 30).reshape(30, 40) * 50).astype(np.uint16))
     result = as_image(post(client, encoded(sixteen)))
     assert result.size == (80, 60) and result.mode.startswith("I")
@@ -131,7 +128,7 @@ def test_cmyk_jpeg_and_sixteen_bit_png(client):
 def test_exif_orientation_is_applied(client):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    result = as_image(post(client, encoded(gradient(), "JPEG", exif=exif)))
+    result = as_image(post(client, encoded(picture(), "JPEG", exif=exif)))
     assert result.size == (60, 80)
 
 
@@ -159,10 +156,10 @@ def test_chunked_body_over_the_limit(client):
 @pytest.mark.parametrize(
     "data",
     [
-        encoded(gradient(), "GIF"),
-        encoded(gradient(), "WEBP"),
-        encoded(gradient(), "BMP"),
-        encoded(gradient(), "TIFF"),
+        encoded(picture(), "GIF"),
+        encoded(picture(), "WEBP"),
+        encoded(picture(), "BMP"),
+        encoded(picture(), "TIFF"),
         b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n",
         b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
         bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
@@ -174,9 +171,9 @@ def test_other_formats_get_415(client, data):
 
 
 def test_corrupt_and_truncated_images_get_422(client):
-    png = encoded(gradient())
+    png = encoded(picture())
     assert_error(post(client, png[: len(png) // 2]), 422, "corrupt_image")
-    jpeg = encoded(gradient(size=(200, 200)), "JPEG")
+    jpeg = encoded(picture(size=(200, 200)), "JPEG")
     assert_error(post(client, jpeg[: len(jpeg) // 2]), 422, "corrupt_image")
 
 
@@ -191,14 +188,14 @@ def test_pixel_cap_and_minimum_side(tiny_model_dir):
             "MAX_PIXELS": 1000,
         }
     )
-    body = assert_error(post(app.test_client(), encoded(gradient())), 422, "too_many_pixels")
+    body = assert_error(post(app.test_client(), encoded(picture())), 422, "too_many_pixels")
     assert "1,000" in body["message"] and "40x30" in body["message"]
     client = app.test_client()
-    assert_error(post(client, encoded(gradient(size=(40, 3)))), 422, "too_small")
+    assert_error(post(client, encoded(picture(size=(40, 3)))), 422, "too_small")
 
 
 def test_animated_png_is_refused(client):
-    frames = [gradient(), gradient().rotate(180)]
+    frames = [picture(), picture().rotate(180)]
     data = encoded(frames[0], save_all=True, append_images=frames[1:])
     assert_error(post(client, data), 422, "animated_image")
 
@@ -211,7 +208,7 @@ def test_unknown_route_and_wrong_method_are_json(client):
 def test_not_ready_worker_answers_503_with_retry_after(app, client):
     loaded = app.extensions["supersizeme.model"]
     app.extensions["supersizeme.model"] = ModelSlot(loaded.folder, loaded.settings)
-    response = post(client, encoded(gradient()))
+    response = post(client, encoded(picture()))
     assert_error(response, 503, "not_ready")
     assert response.headers["Retry-After"]
     assert_error(client.get("/readyz"), 503, "not_ready")
@@ -220,7 +217,7 @@ def test_not_ready_worker_answers_503_with_retry_after(app, client):
 
 def test_deadline_gives_503(app, client):
     app.config["DEADLINE_SECONDS"] = 0.0
-    response = post(client, encoded(gradient()))
+    response = post(client, encoded(picture()))
     assert_error(response, 503, "deadline_exceeded")
     assert response.headers["Retry-After"]
 
@@ -230,7 +227,7 @@ def test_unexpected_failure_is_a_generic_500(app, client, monkeypatch):
         raise RuntimeError("secret detail at /srv/models/x")
 
     monkeypatch.setattr("supersizeme.api.upscale_decoded", explode)
-    body = assert_error(post(client, encoded(gradient())), 500, "internal_error")
+    body = assert_error(post(client, encoded(picture())), 500, "internal_error")
     assert "secret" not in json.dumps(body)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from imagefactory import apng, header_bomb
 from PIL import Image, ImageDraw
 
 from supersizeme.config import REPO_ROOT
@@ -163,12 +164,13 @@ def bad_uploads() -> list[bytes]:
     Image.new("RGB", (64, 64), "red").save(good, "PNG")
     png = good.getvalue()
     rng = np.random.default_rng(5)
-    bomb = png[:16] + (100_000).to_bytes(4, "big") * 2 + png[24:]
     return [
         b"",
         png[:40],
         png[:-20],
-        bomb,
+        header_bomb(100_000, 100_000),
+        apng(),
+        png * 2,
         b"GIF89a" + bytes(100),
         b"%PDF-1.7\n",
         b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)),

@@ -90,8 +90,19 @@ def test_markdown_table_format():
 def test_cli_writes_json_and_prints_the_table(tiny_model_dir, bench, tmp_path, capsys):
     out = tmp_path / "eval.json"
     evaluate.main(
-        ["--model", str(tiny_model_dir), "--bicubic", "--sets", str(bench), "--json", str(out),
-         "--tile", "16", "--threads", "1"]
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--bicubic",
+            "--sets",
+            str(bench),
+            "--json",
+            str(out),
+            "--tile",
+            "16",
+            "--threads",
+            "1",
+        ]
     )
     results = json.loads(out.read_text())
     rows = results[bench.name]

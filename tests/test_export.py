@@ -29,8 +29,17 @@ def random_pngs(folder: Path, count: int, size: tuple[int, int], seed: int) -> P
 def checkpoint(tmp_path_factory) -> tuple[Path, TrainConfig]:
     root = tmp_path_factory.mktemp("train")
     config = TrainConfig(
-        C=1, D=1, G=4, G0=4, steps=3, batch=2, patch=16, warmup=1, precision="float32",
-        threads=1, data=str(random_pngs(root / "data", 3, (40, 44), seed=1)),
+        C=1,
+        D=1,
+        G=4,
+        G0=4,
+        steps=3,
+        batch=2,
+        patch=16,
+        warmup=1,
+        precision="float32",
+        threads=1,
+        data=str(random_pngs(root / "data", 3, (40, 44), seed=1)),
         out=str(root / "run"),
     )
     return train(config) / "ckpt.npz", config
@@ -40,8 +49,9 @@ def checkpoint(tmp_path_factory) -> tuple[Path, TrainConfig]:
 def exported(checkpoint, tmp_path_factory) -> tuple[ModelFolder, Path]:
     bench = random_pngs(tmp_path_factory.mktemp("bench") / "synth", 2, (30, 26), seed=2)
     out = tmp_path_factory.mktemp("models") / "tiny"
-    folder = export.export(checkpoint[0], out, [bench], data_name="random test images", tile=16,
-                           threads=1)
+    folder = export.export(
+        checkpoint[0], out, [bench], data_name="random test images", tile=16, threads=1
+    )
     return folder, bench
 
 

@@ -20,10 +20,13 @@ def svg_texts(svg: str) -> list[str]:
     return [node.text or "" for node in root.iter(f"{SVG}text")]
 
 
-@pytest.mark.parametrize(("params", "blocks"), [
-    (RDNParams(C=1, D=1, G=4, G0=4), ["RDB 1"]),
-    (RDNParams(C=6, D=20, G=64, G0=64), ["RDB 1", "RDB 2", "RDB 20"]),
-])
+@pytest.mark.parametrize(
+    ("params", "blocks"),
+    [
+        (RDNParams(C=1, D=1, G=4, G0=4), ["RDB 1"]),
+        (RDNParams(C=6, D=20, G=64, G0=64), ["RDB 1", "RDB 2", "RDB 20"]),
+    ],
+)
 def test_architecture_svg_is_labelled_with_the_parameters(params, blocks):
     texts = svg_texts(figures.architecture_svg(params, parameter_count=1234))
     assert [t for t in texts if t.startswith("RDB ")] == blocks
@@ -52,8 +55,20 @@ def test_cli_writes_both_figures(tiny_model_dir, tmp_path):
     )
     out = tmp_path / "assets"
     svg_path, png_path = figures.main(
-        ["--model", str(tiny_model_dir), "--image", str(source), "--out", str(out),
-         "--zoom", "2", "--tile", "16", "--threads", "1"]
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--image",
+            str(source),
+            "--out",
+            str(out),
+            "--zoom",
+            "2",
+            "--tile",
+            "16",
+            "--threads",
+            "1",
+        ]
     )
     assert svg_path == out / figures.ARCHITECTURE_FILE
     assert "G0 = 4" in " ".join(svg_texts(svg_path.read_text()))

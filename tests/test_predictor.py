@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from supersizeme.config import REPO_ROOT
 from supersizeme.modelspec import ModelFolder, ModelFolderError
 from supersizeme.predictor import LoadSettings, ModelSlot, load
 
@@ -77,11 +80,6 @@ def test_receptive_radius_matches_the_real_network(tiny_model_dir):
 
 
 def test_building_the_network_writes_nothing_to_the_working_directory(tmp_path):
-    import subprocess
-    import sys
-
-    from supersizeme.config import REPO_ROOT
-
     code = (
         "from supersizeme.modelspec import RDNParams; from supersizeme.rdn import build_rdn; "
         "build_rdn(RDNParams(1, 1, 4, 4))"
@@ -89,3 +87,22 @@ def test_building_the_network_writes_nothing_to_the_working_directory(tmp_path):
     env = {"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_shipped_model_tiled_equals_whole_on_1024x768(shipped_model_dir):
+    """Acceptance: tile sizes change nothing visible (within one grey level) on real weights."""
+    folder = ModelFolder.open(shipped_model_dir)
+    rng = np.random.default_rng(11)
+    y, x = np.mgrid[0:768, 0:1024]
+    waves = 0.5 + 0.3 * np.sin(x / 9.0) * np.cos(y / 13.0)
+    image = np.clip(waves[..., None] + rng.normal(0, 0.05, (768, 1024, 3)), 0, 1)
+    image = image.astype(np.float32)
+
+    def levels(tile: int) -> np.ndarray:
+        upscaled = load(folder, LoadSettings(tile=tile, intra_op_threads=2))(image)
+        return np.rint(np.clip(upscaled, 0, 1) * 255).astype(int)
+
+    whole = levels(1024)
+    for tile in (200, 384):
+        difference = np.abs(levels(tile) - whole)
+        assert difference.max() <= 1, (tile, difference.max())
