@@ -20,8 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supersizeme.config import cpu_count
-from supersizeme.export import hardware
+from supersizeme.config import cpu_count, hardware
 from supersizeme.modelspec import RDNParams
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -26,19 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from supersizeme.config import cpu_count
-
-    return f"{name}, {cpu_count()} cores, Python {platform.python_version()}"
+from supersizeme.config import hardware
 
 
 def photo_like(width: int, height: int) -> bytes:
@@ -124,7 +111,7 @@ def main() -> None:
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
     print(
-        f"Machine: {machine()}; model {Path(args.model).name}; "
+        f"Machine: {hardware()}; model {Path(args.model).name}; "
         f"{args.threads} TensorFlow thread(s); tile {args.tile}; median of {args.repeat} runs "
         "of the whole served path (decode, RDN, encode)\n"
     )
@@ -138,7 +125,7 @@ def main() -> None:
             f"| {row['median_s']:.2f} | {row['s_per_mp']:.2f} | {row['peak_rss_mib']:.0f} |"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": hardware(), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

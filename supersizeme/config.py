@@ -7,6 +7,7 @@ environment. The README's configuration table lists the same variables.
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,19 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def hardware() -> str:
+    """CPU model, usable cores and platform, e.g. ``AMD EPYC, 2 cores, Linux x86_64``."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {cpu_count()} cores, {platform.system()} {platform.machine()}"
 
 
 def default_workers() -> int:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from supersizeme.config import cpu_count
+from supersizeme.config import cpu_count, hardware
 from supersizeme.evaluate import (
     BICUBIC,
     bicubic_png,
@@ -61,19 +60,6 @@ _UPSCALING = {"shuffle": "sub-pixel convolution", "ups": "nearest-neighbour upsa
 _BOOKKEEPING = {"resume", "threads", "checkpoint_every"}
 # Fields always written out, default or not, so the command reads on its own.
 _ALWAYS = {"data", "out", "C", "D", "G", "G0", "steps"}
-
-
-def hardware() -> str:
-    """CPU model, usable cores and platform, e.g. ``AMD EPYC, 2 cores, Linux x86_64``."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {cpu_count()} cores, {platform.system()} {platform.machine()}"
 
 
 def train_command(config: dict[str, Any]) -> str:
