@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from typing import Any
 
 from flask import Flask
 
 from supersizeme import config as settings
+from supersizeme.admission import InferenceGate
 from supersizeme.modelspec import ModelFolder
 from supersizeme.predictor import LoadSettings, ModelSlot
 
@@ -36,9 +36,12 @@ def _log_through_gunicorn() -> None:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The application factory: one app per gunicorn worker, created after the fork.
 
-    The model folder is checked here, synchronously, so that a missing or mismatched
-    weights file stops start-up with a clear message; the network itself then loads in
-    the background while /healthz already answers and /readyz says 503.
+    The model is loaded here, before the worker accepts its first connection, so that a
+    missing or mismatched weights file stops start-up with a clear message and a fresh
+    worker (after a restart or max_requests) never answers "not ready" while the other
+    workers could have served. With SSM_LOAD_IN_BACKGROUND the folder is still checked
+    here, but the network loads in a thread while /healthz answers and /readyz says 503
+    (for platforms that probe a worker while it starts).
     """
     _log_through_gunicorn()
     app = Flask(__name__)
@@ -59,11 +62,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         ),
     )
     app.extensions["supersizeme.model"] = slot
-    app.extensions["supersizeme.inference_lock"] = threading.Lock()
+    app.extensions["supersizeme.gate"] = InferenceGate(app.config["MAX_WAITING"])
     if app.config["LOAD_IN_BACKGROUND"]:
         slot.load_in_background(on_failure=_exit_worker)
     else:
-        slot.load()
+        try:
+            slot.load()
+        except Exception:
+            log.critical("model %s failed to load: %s; stopping", folder.path, slot.error)
+            raise
 
     from supersizeme.api import bp
 

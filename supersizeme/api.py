@@ -14,8 +14,9 @@ import uuid
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
+from supersizeme.admission import InferenceGate, Overloaded
 from supersizeme.images import ImageRejected, Limits, decode
 from supersizeme.pipeline import Timings, upscale_decoded
 from supersizeme.predictor import ModelSlot
@@ -85,7 +86,11 @@ def handle_api_error(error: ApiError) -> ResponseReturnValue:
 @bp.app_errorhandler(ImageRejected)
 def handle_rejected(error: ImageRejected) -> ResponseReturnValue:
     log.info(
-        "request_id=%s refused code=%s message=%s", g.get("request_id"), error.code, error.message
+        "request_id=%s refused code=%s message=%s cause=%r",
+        g.get("request_id"),
+        error.code,
+        error.message,
+        error.__cause__,
     )
     return error_response(error.status, error.code, error.message)
 
@@ -93,14 +98,22 @@ def handle_rejected(error: ImageRejected) -> ResponseReturnValue:
 @bp.app_errorhandler(HTTPException)
 def handle_http_error(error: HTTPException) -> ResponseReturnValue:
     if error.code == 413:
-        limit = current_app.config["MAX_BODY_BYTES"]
-        return error_response(
-            413,
-            "payload_too_large",
-            f"The upload is larger than the limit of {limit} bytes (5 MB).",
-        )
+        return handle_api_error(payload_too_large())
     code = (error.name or "http_error").lower().replace(" ", "_")
-    return error_response(error.code or 500, code, error.description or error.name)
+    response = error_response(error.code or 500, code, error.description or error.name)
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def payload_too_large() -> ApiError:
+    limit = current_app.config["MAX_BODY_BYTES"]
+    return ApiError(
+        413,
+        "payload_too_large",
+        f"The upload is larger than the limit of {limit:,} bytes ({limit / 2**20:g} MiB).",
+    )
 
 
 @bp.app_errorhandler(Exception)
@@ -112,25 +125,31 @@ def handle_unexpected(error: Exception) -> ResponseReturnValue:
 def read_upload() -> bytes:
     """The image bytes of a raw body or of a multipart form's single file field."""
     max_bytes = current_app.config["MAX_BODY_BYTES"]
-    too_large = ApiError(
-        413,
-        "payload_too_large",
-        f"The upload is larger than the limit of {max_bytes} bytes (5 MB).",
-    )
-    if request.mimetype == "multipart/form-data":
-        files = [f for f in request.files.values() if f is not None]
-        if len(files) != 1:
-            raise ApiError(
-                400,
-                "expected_one_file",
-                f"A multipart upload must carry exactly one file field; this one has {len(files)}.",
-            )
-        data = files[0].stream.read(max_bytes + 1)
-    else:
-        if request.content_length is not None and request.content_length > max_bytes:
-            raise too_large
-        # Chunked bodies have no Content-Length: read one byte past the limit to tell.
-        data = request.stream.read(max_bytes + 1)
+    too_large = payload_too_large()
+    try:
+        if request.mimetype == "multipart/form-data":
+            files = [f for _, f in request.files.items(multi=True)]
+            if len(files) != 1:
+                raise ApiError(
+                    400,
+                    "expected_one_file",
+                    "A multipart upload must carry exactly one file field; "
+                    f"this one has {len(files)}.",
+                )
+            data = files[0].stream.read(max_bytes + 1)
+        else:
+            if request.content_length is not None and request.content_length > max_bytes:
+                raise too_large
+            # Chunked bodies have no Content-Length: read one byte past the limit to tell.
+            data = request.stream.read(max_bytes + 1)
+    except ClientDisconnected as exc:
+        raise incomplete_body(exc) from None
+    except (ApiError, HTTPException):
+        raise
+    except Exception as exc:
+        # gunicorn's body reader raises OSError or its own ParseException when the client
+        # stops mid-body or breaks the chunked framing: the client's fault, not ours.
+        raise incomplete_body(exc) from None
     if len(data) > max_bytes:
         raise too_large
     if not data:
@@ -138,7 +157,15 @@ def read_upload() -> bytes:
     return data
 
 
-def remaining_deadline() -> float:
+def incomplete_body(cause: Exception) -> ApiError:
+    log.info("request_id=%s unreadable body: %r", g.get("request_id"), cause)
+    return ApiError(
+        400, "incomplete_body", "The request body ended early or its framing is broken."
+    )
+
+
+def request_deadline() -> float:
+    """The monotonic instant by which this request must be answered."""
     return g.started + current_app.config["DEADLINE_SECONDS"]
 
 
@@ -162,18 +189,21 @@ def supersize() -> ResponseReturnValue:
     model = slot()
     if model.upscaler is None:
         raise not_ready()
-    deadline = remaining_deadline()
-    lock = current_app.extensions["supersizeme.inference_lock"]
-    # One inference at a time per worker: TensorFlow already spreads one over this
-    # worker's share of the cores, and a second would only slow both down.
-    if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-        raise deadline_passed()
+    deadline = request_deadline()
+    gate: InferenceGate = current_app.extensions["supersizeme.gate"]
     try:
-        png = upscale_decoded(image, model.upscaler, model.folder.params.scale, deadline, timings)
+        with gate.turn(deadline):
+            scale = model.folder.params.scale
+            png = upscale_decoded(image, model.upscaler, scale, deadline, timings)
     except DeadlineExceeded:
         raise deadline_passed() from None
-    finally:
-        lock.release()
+    except Overloaded:
+        raise ApiError(
+            429,
+            "overloaded",
+            "This worker is busy with other images and its queue is full; retry shortly.",
+            retry_after=current_app.config["RETRY_AFTER_SECONDS"],
+        ) from None
     response = Response(png, mimetype="image/png")
     response.headers["Server-Timing"] = timings.server_timing()
     return response

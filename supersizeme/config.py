@@ -30,10 +30,22 @@ def env(name: str, default: Any, kind: type = str) -> Any:
 
 
 def cpu_count() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
+
+    In a container limited with ``--cpus`` the affinity still lists every host core; the
+    quota in cpu.max is what the scheduler enforces.
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def hardware() -> str:
@@ -65,6 +77,7 @@ def from_environment() -> dict[str, Any]:
         "MAX_PIXELS": env("SSM_MAX_PIXELS", 4_000_000, int),
         "MIN_SIDE": env("SSM_MIN_SIDE", 8, int),
         "DEADLINE_SECONDS": env("SSM_DEADLINE_SECONDS", 60.0, float),
-        "LOAD_IN_BACKGROUND": env("SSM_LOAD_IN_BACKGROUND", True, bool),
+        "LOAD_IN_BACKGROUND": env("SSM_LOAD_IN_BACKGROUND", False, bool),
+        "MAX_WAITING": env("SSM_MAX_WAITING", 2, int),
         "RETRY_AFTER_SECONDS": env("SSM_RETRY_AFTER_SECONDS", 5, int),
     }

@@ -46,7 +46,11 @@ def configure_threads(intra_op: int, inter_op: int = 1) -> None:
     except RuntimeError:
         # Already initialised in this process (a second app in the test suite): the
         # first setting stays, which is all TensorFlow allows.
-        pass
+        logging.getLogger("supersizeme").warning(
+            "TensorFlow already started; keeping its %d intra-op threads (asked for %d)",
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            intra_op,
+        )
 
 
 @contextmanager

@@ -40,9 +40,7 @@ def shipped_model_dir() -> Path:
 def app(tiny_model_dir):
     from supersizeme import create_app
 
-    return create_app(
-        {"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "LOAD_IN_BACKGROUND": False, "TILE": 64}
-    )
+    return create_app({"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "TILE": 64})
 
 
 @pytest.fixture

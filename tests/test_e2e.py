@@ -159,24 +159,26 @@ def test_chunked_upload_over_the_limit_gets_413(server, tmp_path):
     assert json.loads(body)["error"] == "payload_too_large"
 
 
-def bad_uploads() -> list[bytes]:
+def bad_uploads() -> list[tuple[bytes, int]]:
+    """Hostile, broken or odd bodies, each with the status it must get."""
     good = io.BytesIO()
     Image.new("RGB", (64, 64), "red").save(good, "PNG")
     png = good.getvalue()
     rng = np.random.default_rng(5)
     return [
-        b"",
-        png[:40],
-        png[:-20],
-        header_bomb(100_000, 100_000),
-        apng(),
-        png * 2,
-        b"GIF89a" + bytes(100),
-        b"%PDF-1.7\n",
-        b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)),
-        b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)),
-        bytes(rng.integers(0, 256, 500, dtype=np.uint8)),
-        b"<svg/>",
+        (b"", 400),
+        (png[:40], 422),
+        (png[:-20], 422),
+        (header_bomb(100_000, 100_000), 422),
+        (apng(), 422),
+        (png * 2, 200),  # bytes after IEND are ignored, as browsers do
+        (b"GIF89a" + bytes(100), 415),
+        (b"%PDF-1.7\n", 415),
+        (b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)), 422),
+        (b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)), 422),
+        (bytes(rng.integers(0, 256, 500, dtype=np.uint8)), 415),
+        (b"<svg/>", 415),
+        (b"\xff\xd8\xff" + bytes(5 * 1024 * 1024), 413),
     ]
 
 
@@ -185,10 +187,51 @@ def test_two_hundred_bad_uploads_leave_the_worker_alive(server):
     pid = json.loads(request(port, "GET", "/healthz")[2])["pid"]
     uploads = bad_uploads()
     for i in range(200):
-        status, _, body = request(port, "POST", "/supersizeme/", uploads[i % len(uploads)])
-        assert 400 <= status < 500, (i, status, body)
-        error = json.loads(body)
-        assert set(error) == {"error", "message", "request_id"}
-        assert "Traceback" not in body.decode()
+        upload, expected = uploads[i % len(uploads)]
+        status, _, body = request(port, "POST", "/supersizeme/", upload)
+        assert status == expected, (i, status, body)
+        if status != 200:
+            assert set(json.loads(body)) == {"error", "message", "request_id"}
     assert json.loads(request(port, "GET", "/healthz")[2])["pid"] == pid
     assert "Traceback" not in Path(log).read_text()
+
+
+def test_weights_that_do_not_fit_stop_gunicorn_with_a_clear_message(tiny_model_dir, tmp_path):
+    folder = tmp_path / "mismatched"
+    shutil.copytree(tiny_model_dir, folder)
+    spec = json.loads((folder / "model.json").read_text())
+    spec["G"] = 8  # the weights were trained with G = 4
+    (folder / "model.json").write_text(json.dumps(spec))
+    env = {
+        **os.environ,
+        "SSM_BIND": f"127.0.0.1:{free_port()}",
+        "SSM_WORKERS": "1",
+        "SSM_MODEL_DIR": str(folder),
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode != 0
+    assert "failed to load" in completed.stderr and "do not fit" in completed.stderr
+
+
+@pytest.mark.parametrize("chunks", [b"100\r\n\x89PNG\r\n", b"zz\r\n\x89PNG\r\n"])
+def test_body_cut_short_or_misframed_is_a_client_error(server, chunks):
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /supersizeme/ HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunks
+        )
+        sock.shutdown(socket.SHUT_WR)  # the client gives up mid-chunk
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), reply
+    assert json.loads(body)["error"] == "incomplete_body"
