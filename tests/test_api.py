@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 from imagefactory import encoded as factory_encoded
-from imagefactory import gradient
+from imagefactory import gradient, rgb48_png, srgb_profile
 from PIL import Image
 from werkzeug.datastructures import MultiDict
 
@@ -277,3 +277,18 @@ def test_background_loading_reports_ready_when_done(tiny_model_dir):
     app = create_app({"MODEL_DIR": str(tiny_model_dir), "LOAD_IN_BACKGROUND": True})
     assert app.extensions["supersizeme.model"].wait(60)
     assert app.test_client().get("/readyz").status_code == 200
+
+
+def test_sixteen_bit_rgb_png_is_served_as_eight_bit_rgb(client):
+    samples = (np.arange(30 * 40 * 3).reshape(30, 40, 3) * 37 % 65536).astype(np.uint16)
+    result = as_image(post(client, rgb48_png(samples)))
+    assert result.size == (80, 60) and result.mode == "RGB"
+
+
+def test_icc_profile_is_kept_and_exif_dropped(client):
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"
+    data = encoded(picture(), "JPEG", icc_profile=srgb_profile(), exif=exif)
+    result = as_image(post(client, data))
+    assert result.info.get("icc_profile") == srgb_profile()
+    assert "exif" not in result.info
