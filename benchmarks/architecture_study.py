@@ -1,0 +1,125 @@
+"""The architecture study: RDN configurations side by side, quality and CPU speed.
+
+    python benchmarks/architecture_study.py --configs 3,4,32,32 3,10,64,64 6,20,64,64 \\
+        --minutes 40 --data ../shared/datasets/train \\
+        --sets ../shared/datasets/benchmark/set5 ../shared/datasets/benchmark/set14 \\
+               ../shared/datasets/benchmark/bsd100
+
+For each configuration C,D,G,G0 it (1) measures the served CPU latency per input
+megapixel with freshly initialised weights (speed does not depend on their values),
+float32 through the served tiling code; and, with ``--minutes``, (2) trains it for that
+many minutes with supersizeme.train's defaults (so every configuration gets the same
+budget on the same machine), exports it to ``runs/study/<name>/model`` and measures
+Y-PSNR on each set through the served path. Prints one Markdown table, machine named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from supersizeme.config import cpu_count, hardware
+from supersizeme.modelspec import RDNParams
+
+
+def macs_per_input_pixel(model: object, scale: int) -> float:
+    """Multiply-accumulates of every convolution, per input pixel."""
+    import keras
+
+    total = 0.0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            # The last convolution runs after the pixel shuffle, on scale**2 more pixels.
+            pixels = scale**2 if layer.name == "SR" else 1
+            total += np.prod(layer.kernel.shape) * pixels
+    return total
+
+
+def latency(params: RDNParams, size: int, repeat: int) -> tuple[int, float, float]:
+    """(parameters, MACs per input pixel, median seconds per input megapixel)."""
+    from supersizeme.rdn import build_rdn, compile_network
+    from supersizeme.tiling import TiledUpscaler
+
+    model = build_rdn(params)
+    upscale = TiledUpscaler(compile_network(model), params.scale, params.receptive_radius)
+    image = np.random.default_rng(0).random((size, size, 3), dtype=np.float32)
+    upscale(image)  # trace and build the kernels for this shape
+    seconds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        upscale(image)
+        seconds.append(time.perf_counter() - started)
+    megapixels = size**2 / 1e6
+    count = model.count_params()
+    return count, macs_per_input_pixel(model, params.scale), statistics.median(seconds) / megapixels
+
+
+def train_and_measure(params: RDNParams, args: argparse.Namespace) -> dict[str, float]:
+    """Train for the budget in a child process, export, and return PSNR per set."""
+    run = Path("runs/study") / params.name
+    command = [
+        sys.executable, "-m", "supersizeme.train", "--data", args.data, "--out", str(run),
+        "--C", str(params.C), "--D", str(params.D), "--G", str(params.G),
+        "--G0", str(params.G0), "--minutes", str(args.minutes), "--steps", "1000000",
+    ]  # fmt: skip
+    subprocess.run(command, check=True)
+    from supersizeme.export import export
+
+    folder = export(run / "ckpt.npz", run / "model", args.sets)
+    return {
+        set_name: rows[next(r for r in rows if r != "bicubic")]["psnr"]
+        for set_name, rows in folder.spec["evaluation"].items()
+    } | {"steps": folder.spec["training"]["steps"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--configs", nargs="+", default=["3,4,32,32", "3,6,32,32", "3,10,64,64"])
+    parser.add_argument("--minutes", type=float, default=0, help="training budget; 0: speed only")
+    parser.add_argument("--data", default="", help="folder of HR training images")
+    parser.add_argument("--sets", nargs="*", default=[], help="benchmark folders")
+    parser.add_argument("--size", type=int, default=512, help="side of the square speed input")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=cpu_count())
+    args = parser.parse_args()
+    if args.minutes and not (args.data and args.sets):
+        parser.error("--minutes needs --data and --sets")
+
+    from supersizeme.rdn import configure_threads
+
+    configure_threads(args.threads)
+    rows = []
+    for text in args.configs:
+        params = RDNParams(*(int(v) for v in text.split(",")))
+        quality = train_and_measure(params, args) if args.minutes else {}
+        rows.append((params, *latency(params, args.size, args.repeat), quality))
+    set_names = [Path(s).name for s in args.sets] if args.minutes else []
+    print(
+        f"\nMachine: {hardware()}; latency: {args.threads} TensorFlow threads, float32, "
+        f"{args.size}x{args.size} input, median of {args.repeat}"
+        + (f"; training budget {args.minutes:g} min each" if args.minutes else "")
+        + "\n"
+    )
+    header = ["configuration", "parameters", "MACs / input px", "s / input MP"]
+    header += ["steps"] + [f"{name} PSNR" for name in set_names] if set_names else []
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for params, count, macs, seconds, quality in rows:
+        cells = [params.name, f"{count:,}", f"{macs / 1e3:,.0f} k", f"{seconds:.2f}"]
+        if set_names:
+            cells += [str(quality["steps"])] + [f"{quality[name]:.2f}" for name in set_names]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
