@@ -76,7 +76,7 @@ def train_command(config: dict[str, Any]) -> str:
 
 
 def training_record(
-    state: dict[str, Any], checkpoint: str, data_name: str, machine: str
+    state: dict[str, Any], checkpoint: str, data_name: str, machine: str, note: str = ""
 ) -> dict[str, Any]:
     config = state["config"]
     return {
@@ -100,6 +100,7 @@ def training_record(
         "hardware": machine,
         "checkpoint": checkpoint,
         "command": train_command(config),
+        "history": note or None,
     }
 
 
@@ -174,6 +175,8 @@ larger image.
 - Arithmetic: {t("precision")} (variables kept in float32); seed {t("seed")}
 - Time: {t("wall_minutes")} minutes of training steps on {t("hardware")}
 
+{t("history") or ""}
+
 Low-resolution inputs were made from the high-resolution crops exactly as in the
 evaluation below: crop to a multiple of {params.scale}, then Pillow's bicubic downscale.
 
@@ -237,6 +240,7 @@ def export(
     tile: int = 512,
     threads: int | None = None,
     machine: str | None = None,
+    note: str = "",
 ) -> ModelFolder:
     """Write, measure and document a model folder; returns the finished folder.
 
@@ -249,7 +253,7 @@ def export(
     # TensorFlow fixes its thread pools at the first op, and building the network is one.
     configure_threads(threads)
     state, _, _ = read_checkpoint(Path(checkpoint))
-    training = training_record(state, str(checkpoint), data_name, machine or hardware())
+    training = training_record(state, str(checkpoint), data_name, machine or hardware(), note)
     folder = write_folder(checkpoint, out, {"training": training, "evaluation": None})
 
     served, scale = load_served(folder.path, "float32", tile, threads)
@@ -291,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> ModelFolder:
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads; 0: all")
     parser.add_argument("--hardware", help="describe the training machine (default: this one)")
+    parser.add_argument("--note", default="", help="how the run went, when one command is not all")
     args = parser.parse_args(argv)
     folder = export(
         args.checkpoint,
@@ -300,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> ModelFolder:
         tile=args.tile,
         threads=args.threads or None,
         machine=args.hardware,
+        note=args.note,
     )
     print(markdown_table(folder.spec["evaluation"]), end="")
     print(f"wrote {folder.path} ({folder.spec['weights_sha256'][:12]}) and its {CARD_FILE}")

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -259,6 +260,11 @@ def train(config: TrainConfig) -> Path:
 
     from tqdm import tqdm
 
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # A background run ignores Ctrl-C; SIGTERM (kill) then stops it with a checkpoint.
+    signal.signal(signal.SIGTERM, stop)
     losses: list[float] = saved[0].get("losses", []) if saved else []
     bar = tqdm(
         total=config.steps, initial=step, mininterval=10, dynamic_ncols=True, file=sys.stdout
@@ -292,7 +298,7 @@ def train(config: TrainConfig) -> Path:
                     flush=True,
                 )
     except KeyboardInterrupt:
-        print("\ninterrupted; saving checkpoint")
+        print("\ninterrupted; saving checkpoint", flush=True)
     finally:
         bar.close()
         checkpoint()
