@@ -39,3 +39,7 @@ preload_app = False
 accesslog = "-"
 errorlog = "-"
 loglevel = settings.env("SSM_LOG_LEVEL", "info")
+
+# gunicorn 27's control socket lives under $HOME/.gunicorn; the container's user has no
+# home, and nothing here uses the socket, so it is off.
+control_socket_disable = True
