@@ -74,7 +74,9 @@ def from_environment() -> dict[str, Any]:
         "TILE": env("SSM_TILE", 512, int),
         "TF_THREADS": env("SSM_TF_THREADS", max(1, cpu_count() // workers), int),
         "MAX_BODY_BYTES": env("SSM_MAX_BODY_BYTES", MAX_BODY_BYTES, int),
-        "MAX_PIXELS": env("SSM_MAX_PIXELS", 4_000_000, int),
+        # 2 MP: about 27 s of float32 inference on one core (benchmarks/latency.md), under
+        # half the deadline, so a request at the cap finishes even behind a small one.
+        "MAX_PIXELS": env("SSM_MAX_PIXELS", 2_000_000, int),
         "MIN_SIDE": env("SSM_MIN_SIDE", 8, int),
         "DEADLINE_SECONDS": env("SSM_DEADLINE_SECONDS", 60.0, float),
         "LOAD_IN_BACKGROUND": env("SSM_LOAD_IN_BACKGROUND", False, bool),
