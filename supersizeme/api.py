@@ -169,12 +169,14 @@ def request_deadline() -> float:
     return g.started + current_app.config["DEADLINE_SECONDS"]
 
 
+def retry_later(status: int, code: str, message: str) -> ApiError:
+    """A refusal that is not the caller's fault: it carries the configured Retry-After."""
+    return ApiError(status, code, message, current_app.config["RETRY_AFTER_SECONDS"])
+
+
 def not_ready() -> ApiError:
-    return ApiError(
-        503,
-        "not_ready",
-        "The model is still loading in this worker; retry shortly.",
-        retry_after=current_app.config["RETRY_AFTER_SECONDS"],
+    return retry_later(
+        503, "not_ready", "The model is still loading in this worker; retry shortly."
     )
 
 
@@ -198,11 +200,10 @@ def supersize() -> ResponseReturnValue:
     except DeadlineExceeded:
         raise deadline_passed() from None
     except Overloaded:
-        raise ApiError(
+        raise retry_later(
             429,
             "overloaded",
             "This worker is busy with other images and its queue is full; retry shortly.",
-            retry_after=current_app.config["RETRY_AFTER_SECONDS"],
         ) from None
     response = Response(png, mimetype="image/png")
     response.headers["Server-Timing"] = timings.server_timing()
@@ -211,12 +212,11 @@ def supersize() -> ResponseReturnValue:
 
 def deadline_passed() -> ApiError:
     seconds = current_app.config["DEADLINE_SECONDS"]
-    return ApiError(
+    return retry_later(
         503,
         "deadline_exceeded",
         f"The image could not be processed within the request deadline of {seconds:g} s; "
         "the server is busy or the image is large. Retry later or send a smaller image.",
-        retry_after=current_app.config["RETRY_AFTER_SECONDS"],
     )
 
 

@@ -11,6 +11,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from supersizeme.images import Limits
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "rdn-C3-D6-G32-G032-x2"
 
@@ -74,10 +76,8 @@ def from_environment() -> dict[str, Any]:
         "TILE": env("SSM_TILE", 512, int),
         "TF_THREADS": env("SSM_TF_THREADS", max(1, cpu_count() // workers), int),
         "MAX_BODY_BYTES": env("SSM_MAX_BODY_BYTES", MAX_BODY_BYTES, int),
-        # 2 MP: about 27 s of float32 inference on one core (benchmarks/latency.md), under
-        # half the deadline, so a request at the cap finishes even behind a small one.
-        "MAX_PIXELS": env("SSM_MAX_PIXELS", 2_000_000, int),
-        "MIN_SIDE": env("SSM_MIN_SIDE", 8, int),
+        "MAX_PIXELS": env("SSM_MAX_PIXELS", Limits.max_pixels, int),
+        "MIN_SIDE": env("SSM_MIN_SIDE", Limits.min_side, int),
         "DEADLINE_SECONDS": env("SSM_DEADLINE_SECONDS", 60.0, float),
         "LOAD_IN_BACKGROUND": env("SSM_LOAD_IN_BACKGROUND", False, bool),
         "MAX_WAITING": env("SSM_MAX_WAITING", 2, int),

@@ -79,7 +79,9 @@ class Limits:
     reachable and such images are reported as too_many_pixels regardless.
     """
 
-    max_pixels: int = 4_000_000
+    # 2 MP: about 27 s of float32 inference on one core (benchmarks/latency-cap.md), under
+    # half the request deadline, so a request at the cap finishes even behind a small one.
+    max_pixels: int = 2_000_000
     min_side: int = 8
 
 
