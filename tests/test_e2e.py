@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from gunicorn_server import free_port, gunicorn_command, request, running_gunicorn
 from imagefactory import apng, header_bomb
 from PIL import Image, ImageDraw
 
@@ -23,57 +20,12 @@ from supersizeme.config import REPO_ROOT
 from supersizeme.metrics import y_psnr_ssim
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None, headers=None):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
-
-
 @pytest.fixture(scope="module")
 def server(shipped_model_dir, tmp_path_factory):
     """One gunicorn worker (so that its pid identifies it) serving the shipped model."""
-    port = free_port()
     log = tmp_path_factory.mktemp("gunicorn") / "server.log"
-    env = {
-        **os.environ,
-        "SSM_BIND": f"127.0.0.1:{port}",
-        "SSM_WORKERS": "1",
-        "SSM_MODEL_DIR": str(shipped_model_dir),
-    }
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()
-            try:
-                if request(port, "GET", "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("gunicorn did not become ready:\n" + log.read_text())
-        yield port, log
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=90)
+    with running_gunicorn(shipped_model_dir, log) as running:
+        yield running.port, log
 
 
 def synthetic_photo() -> Image.Image:
@@ -207,7 +159,7 @@ def test_weights_that_do_not_fit_stop_gunicorn_with_a_clear_message(tiny_model_d
         "SSM_MODEL_DIR": str(folder),
     }
     completed = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app"],
+        gunicorn_command(),
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

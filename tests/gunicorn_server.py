@@ -1,0 +1,100 @@
+"""A real gunicorn serving the app, for the end-to-end, corpus and load tests."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from supersizeme.config import REPO_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+@dataclass
+class Server:
+    port: int
+    log: Path
+    process: subprocess.Popen
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def gunicorn_command() -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app"]
+
+
+@contextmanager
+def running_gunicorn(
+    model_dir: Path, log: Path, workers: int = 1, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """gunicorn on a free port, yielded once /readyz says 200; SIGTERM and wait after."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "SSM_BIND": f"127.0.0.1:{port}",
+        "SSM_WORKERS": str(workers),
+        "SSM_MODEL_DIR": str(model_dir),
+        **(env or {}),
+    }
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            gunicorn_command(),
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(port, log, process)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError("gunicorn exited:\n" + server.log_text())
+            try:
+                if request(port, "GET", "/readyz", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("gunicorn did not become ready:\n" + server.log_text())
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
