@@ -60,7 +60,7 @@ class TrainConfig:
     steps: int = 8000
     minutes: float = 0.0  # 0: no time budget
     precision: str = "bfloat16"  # mixed_bfloat16 halves a step's time on AVX-512 BF16 CPUs
-    threads: int = 0  # 0: all cores
+    threads: int = 0  # 0: every core this process may use
     seed: int = 1234
     # "fan-in": kernels and biases from U(+-1/sqrt(fan_in)); "isr": ISR's U(+-0.05) for all
     init: str = "fan-in"
@@ -204,9 +204,11 @@ def train(config: TrainConfig) -> Path:
         }
         config = dataclasses.replace(config, **keep)
 
+    from supersizeme.config import cpu_count
     from supersizeme.rdn import build_rdn, configure_threads
 
-    configure_threads(config.threads or os.cpu_count() or 1)
+    # cpu_count() honours taskset and container quotas, so two runs can share a machine.
+    configure_threads(config.threads or cpu_count())
     import keras
     import tensorflow as tf
 
