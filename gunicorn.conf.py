@@ -4,6 +4,14 @@ Each setting is read from the environment (see supersizeme/config.py and the REA
 so that a container or a Makefile can change it without editing this file.
 """
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from gunicorn.arbiter import Arbiter
+from gunicorn.workers.base import Worker
+
 from supersizeme import config as settings
 
 _deadline = float(settings.from_environment()["DEADLINE_SECONDS"])
@@ -18,8 +26,9 @@ workers = settings.default_workers()
 
 # gthread: a few threads per worker so that /healthz, /readyz and quick refusals are
 # answered while a long inference runs; inference itself is serialised per worker by
-# a lock in the app, so threads do not oversubscribe the cores.
-worker_class = "gthread"
+# a lock in the app, so threads do not oversubscribe the cores. The README says why not
+# sync or gevent. Our subclass only refuses new connections at once while stopping.
+worker_class = "supersizeme.worker.StoppingThreadWorker"
 threads = settings.env("SSM_GUNICORN_THREADS", 4, int)
 
 # The app ends every request at its own deadline (503); gunicorn's timeout is a
@@ -36,10 +45,53 @@ max_requests_jitter = max_requests // 10
 
 preload_app = False
 
-accesslog = "-"
+# The app writes one JSON line per request to standard output (supersizeme/telemetry.py),
+# with the request id, the error code and the timings that gunicorn's access line lacks;
+# a second line per request would only double the volume. `--access-logfile -` on the
+# command line brings gunicorn's back.
+accesslog = None
 errorlog = "-"
 loglevel = settings.env("SSM_LOG_LEVEL", "info")
 
 # gunicorn 27's control socket lives under $HOME/.gunicorn; the container's user has no
 # home, and nothing here uses the socket, so it is off.
 control_socket_disable = True
+
+
+# Prometheus: each worker writes its series to files in PROMETHEUS_MULTIPROC_DIR, and
+# /metrics adds up the files of all workers (supersizeme/telemetry.py). prometheus_client
+# picks its storage when it is first imported, so the variable must be set in the master
+# before any worker is forked, and nothing here may import prometheus_client before that.
+_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def on_starting(server: Arbiter) -> None:
+    """Give the workers an empty directory for their metric files.
+
+    An operator's own directory is kept but emptied: files left by an earlier run would
+    add its counts to this one's. Without one, a private temporary directory is made and
+    removed again at exit.
+    """
+    chosen = os.environ.get(_METRICS_DIR)
+    if chosen:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
+        for stale in Path(chosen).glob("*.db"):
+            stale.unlink()
+    else:
+        os.environ[_METRICS_DIR] = server.ssm_metrics_dir = tempfile.mkdtemp(
+            prefix="supersizeme-metrics-"
+        )
+
+
+def child_exit(server: Arbiter, worker: Worker) -> None:
+    """A dead worker's requests stay counted; its in-flight gauge and model info go."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Arbiter) -> None:
+    made = getattr(server, "ssm_metrics_dir", None)
+    # After a USR2 upgrade the new master (reexec_pid) goes on using the directory.
+    if made and not server.reexec_pid:
+        shutil.rmtree(made, ignore_errors=True)

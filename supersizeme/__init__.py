@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from flask import Flask
@@ -25,12 +26,21 @@ def _exit_worker(slot: ModelSlot) -> None:
 
 
 def _log_through_gunicorn() -> None:
-    """Send the app's log lines to gunicorn's error log, with its level and format."""
+    """Send the app's log lines to gunicorn's error log, with its level and format.
+
+    The one-per-request JSON lines go to standard output on their own, with no prefix, so
+    that a log collector can parse every line of that stream as JSON; they are the access
+    log, written whatever gunicorn's log level.
+    """
     server_log = logging.getLogger("gunicorn.error")
     if server_log.handlers and not log.handlers:
         log.handlers = server_log.handlers
         log.setLevel(server_log.level)
         log.propagate = False
+        request_log = logging.getLogger("supersizeme.requests")
+        request_log.handlers = [logging.StreamHandler(sys.stdout)]
+        request_log.setLevel(logging.INFO)
+        request_log.propagate = False
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -63,6 +73,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.extensions["supersizeme.model"] = slot
     app.extensions["supersizeme.gate"] = InferenceGate(app.config["MAX_WAITING"])
+    # Imported here, not at the top: gunicorn's master imports this package with its config,
+    # and prometheus_client must not be imported there before gunicorn.conf.py has set
+    # PROMETHEUS_MULTIPROC_DIR (it picks its storage once, at import).
+    from supersizeme.telemetry import Telemetry
+
+    app.extensions["supersizeme.telemetry"] = Telemetry(folder, app.config["PRECISION"])
     if app.config["LOAD_IN_BACKGROUND"]:
         slot.load_in_background(on_failure=_exit_worker)
     else:

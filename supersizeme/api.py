@@ -11,35 +11,56 @@ import os
 import re
 import time
 import uuid
+from dataclasses import replace
+from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from supersizeme.admission import InferenceGate, Overloaded
-from supersizeme.images import ImageRejected, Limits, decode
-from supersizeme.pipeline import Timings, upscale_decoded
+from supersizeme.images import FORMATS, OUTPUT_FORMATS, ImageRejected, Limits
+from supersizeme.pipeline import SCALES, Timings, decode_for, output_name, upscale_decoded
 from supersizeme.predictor import ModelSlot
+from supersizeme.telemetry import RequestRecord, Telemetry
 from supersizeme.tiling import DeadlineExceeded
 
 bp = Blueprint("supersizeme", __name__)
 log = logging.getLogger("supersizeme")
+request_log = logging.getLogger("supersizeme.requests")
 
 # A caller's X-Request-ID is echoed only if it is a short token: it ends up in our logs.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+        self.extra = extra
 
 
 def error_response(
-    status: int, code: str, message: str, retry_after: int | None = None
+    status: int,
+    code: str,
+    message: str,
+    retry_after: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Response:
-    response = jsonify(error=code, message=message, request_id=g.get("request_id", ""))
+    """The JSON error body; ``extra`` adds fields such as ``allowed`` for a bad parameter."""
+    response = jsonify(
+        error=code, message=message, request_id=g.get("request_id", ""), **(extra or {})
+    )
     response.status_code = status
+    # The request's log line and the refusal counter read the code from here.
+    g.error_code = code
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
     return response
@@ -60,38 +81,47 @@ def start_request() -> None:
     supplied = request.headers.get("X-Request-ID", "")
     g.request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
     g.started = time.monotonic()
+    if not scraping():
+        telemetry().in_flight.inc()
+        g.in_flight = True
+
+
+def telemetry() -> Telemetry:
+    return current_app.extensions["supersizeme.telemetry"]
+
+
+def scraping() -> bool:
+    # Prometheus scrapes every few seconds: counting them would bury the traffic they report,
+    # and scrapes landing on different workers would each see a different total.
+    return request.endpoint == "supersizeme.prometheus_metrics"
 
 
 @bp.after_app_request
 def finish_request(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
-    log.info(
-        "request_id=%s method=%s path=%s status=%d bytes_in=%s bytes_out=%s seconds=%.3f",
-        g.get("request_id", ""),
-        request.method,
-        request.path,
-        response.status_code,
-        request.content_length,
-        response.content_length,
-        time.monotonic() - g.get("started", time.monotonic()),
-    )
+    record = RequestRecord.of(request, response)
+    if not scraping():
+        telemetry().observe(record)
+    request_log.info(record.log_line())
     return response
+
+
+@bp.teardown_app_request
+def end_request(_error: BaseException | None) -> None:
+    # Teardown runs even when an after-request step failed, so the gauge cannot drift up.
+    if g.pop("in_flight", False):
+        telemetry().in_flight.dec()
 
 
 @bp.app_errorhandler(ApiError)
 def handle_api_error(error: ApiError) -> ResponseReturnValue:
-    return error_response(error.status, error.code, error.message, error.retry_after)
+    return error_response(error.status, error.code, error.message, error.retry_after, error.extra)
 
 
 @bp.app_errorhandler(ImageRejected)
 def handle_rejected(error: ImageRejected) -> ResponseReturnValue:
-    log.info(
-        "request_id=%s refused code=%s message=%s cause=%r",
-        g.get("request_id"),
-        error.code,
-        error.message,
-        error.__cause__,
-    )
+    if error.__cause__ is not None:
+        g.error_detail = repr(error.__cause__)  # the decoder's words, for the log line only
     return error_response(error.status, error.code, error.message)
 
 
@@ -158,7 +188,7 @@ def read_upload() -> bytes:
 
 
 def incomplete_body(cause: Exception) -> ApiError:
-    log.info("request_id=%s unreadable body: %r", g.get("request_id"), cause)
+    g.error_detail = repr(cause)
     return ApiError(
         400, "incomplete_body", "The request body ended early or its framing is broken."
     )
@@ -180,13 +210,51 @@ def not_ready() -> ApiError:
     )
 
 
+# The query parameters of POST /supersizeme/ and their allowed values, default first.
+QUERY_PARAMETERS = {"scale": tuple(str(scale) for scale in SCALES), "format": FORMATS}
+
+
+def requested_output() -> tuple[int, str]:
+    """The scale and format asked for in the query string, refused before the body is read.
+
+    Values are matched exactly (no case folding, no aliases such as jpg) so that one
+    request always means one thing, as the OpenAPI document's enums say.
+    """
+    for name in request.args:
+        if name not in QUERY_PARAMETERS:
+            # Named back only if it is a short token, like an echoed request id.
+            shown = f" '{name}'" if _REQUEST_ID.match(name) and len(name) <= 40 else ""
+            accepted = " and ".join(
+                f"{key} ({', '.join(values)})" for key, values in QUERY_PARAMETERS.items()
+            )
+            raise ApiError(
+                422,
+                "invalid_parameter",
+                f"Unknown query parameter{shown}; this endpoint takes {accepted}.",
+            )
+    return int(query_choice("scale")), query_choice("format")
+
+
+def query_choice(name: str) -> str:
+    allowed = QUERY_PARAMETERS[name]
+    given = request.args.getlist(name) or [allowed[0]]
+    if len(given) > 1 or given[0] not in allowed:
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            f"The query parameter {name} must be given once, as one of {', '.join(allowed)}.",
+            extra={"allowed": list(allowed)},
+        )
+    return given[0]
+
+
 @bp.post("/supersizeme/", strict_slashes=False)
 def supersize() -> ResponseReturnValue:
+    scale, image_format = requested_output()
     data = read_upload()
-    timings = Timings()
-    started = time.perf_counter()
-    image = decode(data, limits())
-    timings.decode = time.perf_counter() - started
+    timings = g.timings = Timings()
+    image = decode_for(data, limits(), scale, image_format, timings)
+    g.image_size = (image.width, image.height)
 
     model = slot()
     if model.upscaler is None:
@@ -195,8 +263,7 @@ def supersize() -> ResponseReturnValue:
     gate: InferenceGate = current_app.extensions["supersizeme.gate"]
     try:
         with gate.turn(deadline):
-            scale = model.folder.params.scale
-            png = upscale_decoded(image, model.upscaler, scale, deadline, timings)
+            encoded = upscale_decoded(image, model.upscaler, scale, deadline, timings, image_format)
     except DeadlineExceeded:
         raise deadline_passed() from None
     except Overloaded:
@@ -205,7 +272,10 @@ def supersize() -> ResponseReturnValue:
             "overloaded",
             "This worker is busy with other images and its queue is full; retry shortly.",
         ) from None
-    response = Response(png, mimetype="image/png")
+    response = Response(encoded, mimetype=OUTPUT_FORMATS[image_format].mimetype)
+    response.headers["Content-Disposition"] = (
+        f'inline; filename="{output_name("supersized", scale, image_format)}"'
+    )
     response.headers["Server-Timing"] = timings.server_timing()
     return response
 
@@ -220,10 +290,38 @@ def deadline_passed() -> ApiError:
     )
 
 
+# The demo page loads only its own files and talks only to this API; results are blob: URLs.
+DEMO_PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+
+@bp.get("/")
+def demo_page() -> ResponseReturnValue:
+    """The browser demo: static HTML whose script POSTs to /supersizeme/ like any client."""
+    response = current_app.send_static_file("index.html")
+    response.headers["Content-Security-Policy"] = DEMO_PAGE_POLICY
+    return response
+
+
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
     # The pid lets a caller (and the end-to-end test) tell whether a worker was replaced.
     return jsonify(status="ok", pid=os.getpid())
+
+
+@bp.get("/openapi.json")
+def openapi() -> ResponseReturnValue:
+    # Byte for byte the file that tests/test_openapi.py checks against the app's routes.
+    with bp.open_resource("openapi.json") as document:
+        return Response(document.read(), mimetype="application/json")
+
+
+@bp.get("/metrics")
+def prometheus_metrics() -> ResponseReturnValue:
+    body, content_type = telemetry().exposition()
+    return Response(body, content_type=content_type)
 
 
 @bp.get("/readyz")
@@ -254,9 +352,14 @@ def model_info() -> ResponseReturnValue:
         training=spec.get("training"),
         precision=config["PRECISION"],
         state=model.state,
+        scales=list(SCALES),
+        formats=list(FORMATS),
         limits={
             "max_body_bytes": config["MAX_BODY_BYTES"],
             "max_pixels": config["MAX_PIXELS"],
+            "max_pixels_by_scale": {
+                str(scale): replace(limits(), scale=scale).pixel_cap for scale in SCALES
+            },
             "min_side": config["MIN_SIDE"],
             "deadline_seconds": config["DEADLINE_SECONDS"],
             "tile": config["TILE"],

@@ -2,11 +2,12 @@
 
 ``decode`` turns untrusted PNG or JPEG bytes into float arrays, refusing anything we
 will not process with an ``ImageRejected`` that carries an HTTP status, a stable code
-and a message safe to show the client. ``encode_png`` turns the network's output back
-into PNG bytes that keep the input's kind: grey stays grey, 16-bit grey stays 16-bit,
-transparency and the ICC profile survive. Other metadata (EXIF, text, gamma chunks) is
-not carried over: orientation is already applied to the pixels, and EXIF often holds
-location data the client did not ask us to echo back.
+and a message safe to show the client. ``encode`` turns the network's output back into
+PNG, WebP or JPEG bytes that keep as much of the input's kind as the format can hold:
+grey stays grey (PNG, JPEG), 16-bit grey stays 16-bit (PNG), transparency (PNG, WebP)
+and the ICC profile survive. Other metadata (EXIF, text, gamma chunks) is not carried
+over: orientation is already applied to the pixels, and EXIF often holds location data
+the client did not ask us to echo back.
 
 Every size check reads the header alone, before Pillow decodes a single pixel, so a
 small file that declares a huge image costs nothing.
@@ -48,10 +49,72 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _SIXTEEN_BIT_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _GREY_MODES = frozenset({"1", "L", "LA", "La"})
 
-# zlib's default level. On 1024x1024 photo-like test images level 9 took 1.6-8x as long
-# for 0.2-6% smaller files, and level 3 was 3-5x faster but 11-13% larger. The output
-# is four times the input's pixels, so bytes on the wire matter as much as encode time.
-_PNG_COMPRESS_LEVEL = 6
+# zlib level 3. On 8 MP photo-like results (x2 at the 2 MP cap; benchmarks/encode.md) it
+# took 0.75 s of CPU for 9.0 MB, against 2.5 s for 8.1 MB at level 6 and 10.6 s for 7.9 MB
+# at level 9: the 1.7 s that level 6 adds to every such request outweighs sending its 11%
+# fewer bytes on any link faster than about 4 Mbit/s. Level 1 saves another 0.3 s for 7%
+# more bytes. Clients that count bytes can ask for webp.
+_PNG_COMPRESS_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """What one output format can hold, and how Pillow is asked to write it."""
+
+    name: str  # as the API and the CLI spell it, also the file extension
+    pillow_name: str
+    mimetype: str
+    grey: bool  # has a one-channel grey mode
+    alpha: bool
+    sixteen_bit: bool  # can hold 16-bit grey
+    max_side: int
+    options: dict[str, object]
+
+
+OUTPUT_FORMATS = {
+    f.name: f
+    for f in (
+        OutputFormat(
+            name="png",
+            pillow_name="PNG",
+            mimetype="image/png",
+            grey=True,
+            alpha=True,
+            sixteen_bit=True,
+            max_side=2**31 - 1,
+            options={"compress_level": _PNG_COMPRESS_LEVEL},
+        ),
+        # Lossless, and exact: keep the colour under fully transparent pixels, which
+        # libwebp would otherwise overwrite to save bytes. Effort is libwebp's -z 1 preset
+        # (quality 20, method 1): on 8 MP photo-like results (benchmarks/encode.md) it took
+        # 1.1 s of CPU for 5.6 MB, 38% smaller than PNG level 3, where Pillow's default
+        # (quality 80, method 4) took 6.1 s to save another 4%. Method 0 took 0.4 s but its
+        # files were hardly smaller than PNG level 6's, which is not why clients ask for webp.
+        OutputFormat(
+            name="webp",
+            pillow_name="WEBP",
+            mimetype="image/webp",
+            grey=False,
+            alpha=True,
+            sixteen_bit=False,
+            max_side=16383,
+            options={"lossless": True, "exact": True, "quality": 20, "method": 1},
+        ),
+        # Quality 95 with 4:4:4 chroma: an upscaler's output is all fine detail, which
+        # Pillow's default 4:2:0 would halve in colour.
+        OutputFormat(
+            name="jpeg",
+            pillow_name="JPEG",
+            mimetype="image/jpeg",
+            grey=True,
+            alpha=False,
+            sixteen_bit=False,
+            max_side=65500,
+            options={"quality": 95, "subsampling": 0},
+        ),
+    )
+}
+FORMATS = tuple(OUTPUT_FORMATS)
 
 
 class ImageRejected(Exception):
@@ -72,22 +135,44 @@ class ImageRejected(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """What decode accepts.
+    """What decode accepts for an output ``scale`` times larger.
+
+    ``max_pixels`` is the input pixel cap at x2. Larger scales run the x2 network again
+    on its own output (progressive upsampling), each pass on four times the pixels of
+    the one before: x4 costs 1 + 4 = 5 passes' worth of x2 work, so its cap is a fifth.
 
     Pillow refuses, at open, images over twice ``PIL.Image.MAX_IMAGE_PIXELS`` (about
-    179 million pixels) as decompression bombs; a ``max_pixels`` above that is not
-    reachable and such images are reported as too_many_pixels regardless.
+    179 million pixels) as decompression bombs; a cap above that is not reachable and
+    such images are reported as too_many_pixels regardless.
     """
 
     # 2 MP: about 27 s of float32 inference on one core (benchmarks/latency-cap.md), under
     # half the request deadline, so a request at the cap finishes even behind a small one.
     max_pixels: int = 2_000_000
     min_side: int = 8
+    scale: int = 2
+
+    @property
+    def cost(self) -> int:
+        """x2 passes' worth of work per input pixel: 1 + 4 + ... over the passes."""
+        return max(1, (self.scale**2 - 1) // 3)
+
+    @property
+    def pixel_cap(self) -> int:
+        return self.max_pixels // self.cost
+
+    def describe_cap(self) -> str:
+        if self.cost == 1:
+            return f"the limit is {self.pixel_cap:,} pixels"
+        return (
+            f"the limit for x{self.scale} is {self.pixel_cap:,} pixels (x{self.scale} costs "
+            f"{self.cost} times as much as x2, whose limit is {self.max_pixels:,})"
+        )
 
 
 @dataclass
 class DecodedImage:
-    """An upright image ready for the network, plus what encode_png needs to match it.
+    """An upright image ready for the network, plus what encode needs to match it.
 
     ``rgb`` is float32 HxWx3 in [0, 1] (grey replicated to three channels); ``alpha`` is
     float32 HxW in [0, 1] or None. ``sixteen_bit`` is true only for 16-bit grey input:
@@ -174,7 +259,7 @@ def _refuse_undecodable(source_format: str, limits: Limits) -> Iterator[None]:
         raise ImageRejected(
             422,
             "too_many_pixels",
-            f"The image declares far more pixels than the limit of {limits.max_pixels:,}.",
+            f"The image declares far more pixels than allowed; {limits.describe_cap()}.",
         ) from exc
     except Exception as exc:
         raise ImageRejected(
@@ -192,12 +277,11 @@ def _check_header(image: Image.Image, source_format: str, limits: Limits) -> Non
     """
     width, height = image.size
     pixels = width * height
-    if pixels > limits.max_pixels:
+    if pixels > limits.pixel_cap:
         raise ImageRejected(
             422,
             "too_many_pixels",
-            f"The image is {width}x{height} ({pixels:,} pixels); "
-            f"the limit is {limits.max_pixels:,} pixels.",
+            f"The image is {width}x{height} ({pixels:,} pixels); {limits.describe_cap()}.",
         )
     if min(width, height) < limits.min_side:
         raise ImageRejected(
@@ -256,29 +340,64 @@ def _replicated(colour: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(colour)
 
 
-def encode_png(
+def check_encodable(image: DecodedImage, scale: int, image_format: str) -> None:
+    """Refuse, before any inference, what ``image_format`` could not hold at ``scale``.
+
+    Only real transparency counts: an alpha channel that is opaque everywhere carries
+    nothing a JPEG would lose, so it is dropped rather than refused.
+    """
+    output_format = OUTPUT_FORMATS[image_format]
+    if image.alpha is not None and not output_format.alpha and image.alpha.min() < 1.0:
+        raise ImageRejected(
+            422,
+            "format_cannot_carry_alpha",
+            f"The image has transparency, which {image_format} cannot carry; "
+            f"ask for {' or '.join(f.name for f in OUTPUT_FORMATS.values() if f.alpha)}.",
+        )
+    width, height = image.width * scale, image.height * scale
+    if max(width, height) > output_format.max_side:
+        raise ImageRejected(
+            422,
+            "too_large_for_format",
+            f"At x{scale} the image would be {width}x{height}; {image_format} images "
+            f"can be at most {output_format.max_side:,} pixels on a side. Ask for png.",
+        )
+
+
+def encode(
     rgb: np.ndarray,
     alpha: np.ndarray | None,
     *,
     grayscale: bool,
     sixteen_bit: bool,
     icc_profile: bytes | None = None,
+    image_format: str = "png",
 ) -> bytes:
-    """PNG bytes from a float HxWx3 image on the [0, 1] scale and optional HxW alpha.
+    """Image bytes from a float HxWx3 image on the [0, 1] scale and optional HxW alpha.
 
     Values are clipped to [0, 1] and rounded to the nearest level. Grey output takes the
     mean of the three channels: for grey input they are three estimates of one value,
-    which luma weights (meant for genuinely coloured pixels) would mix unevenly.
-    ``sixteen_bit`` gives a 16-bit PNG only for grey without alpha, the only 16-bit PNG
-    Pillow writes; grey with alpha and colour are written at 8 bits per sample, keeping
-    transparency over depth.
+    which luma weights (meant for genuinely coloured pixels) would mix unevenly. WebP has
+    no grey mode, so grey is written as three equal channels. ``sixteen_bit`` gives a
+    16-bit PNG only for grey without alpha, the only 16-bit PNG Pillow writes; everything
+    else is written at 8 bits per sample, keeping transparency over depth. An alpha
+    channel is dropped where the format has none (``check_encodable`` refuses the cases
+    where that would lose transparency).
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"rgb must be HxWx3, got shape {rgb.shape}")
     if alpha is not None and alpha.shape != rgb.shape[:2]:
         raise ValueError(f"alpha shape {alpha.shape} does not match rgb {rgb.shape[:2]}")
-    colour = rgb.mean(axis=2, keepdims=True) if grayscale else rgb
-    if sixteen_bit and grayscale and alpha is None:
+    output_format = OUTPUT_FORMATS[image_format]
+    grey = grayscale and output_format.grey
+    if not output_format.alpha:
+        alpha = None
+    colour = rgb
+    if grayscale:
+        colour = rgb.mean(axis=2, keepdims=True)
+        if not grey:
+            colour = np.repeat(colour, 3, axis=2)
+    if sixteen_bit and grey and alpha is None and output_format.sixteen_bit:
         samples = _quantised(colour[..., 0], np.uint16)
     else:
         samples = _quantised(colour, np.uint8)
@@ -286,12 +405,20 @@ def encode_png(
             samples = np.concatenate([samples, _quantised(alpha[..., None], np.uint8)], axis=2)
         if samples.shape[2] == 1:
             samples = samples[..., 0]
+    if not grey and _is_grey_profile(icc_profile):
+        # A grey input's profile cannot describe the RGB samples WebP needs.
+        icc_profile = None
     buffer = BytesIO()
     # Pillow infers L, LA, RGB, RGBA or I;16 from the array's shape and dtype.
     Image.fromarray(samples).save(
-        buffer, "PNG", compress_level=_PNG_COMPRESS_LEVEL, icc_profile=icc_profile
+        buffer, output_format.pillow_name, icc_profile=icc_profile, **output_format.options
     )
     return buffer.getvalue()
+
+
+def _is_grey_profile(icc_profile: bytes | None) -> bool:
+    # Bytes 16-19 of an ICC profile's header name the colour space it describes.
+    return icc_profile is not None and icc_profile[16:20] == b"GRAY"
 
 
 def _quantised(values: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""The whole served path for one image: bytes in, PNG bytes out.
+"""The whole served path for one image: bytes in, PNG, WebP or JPEG bytes out.
 
-The HTTP layer and the evaluation both call ``supersize`` so that what we measure is
+The HTTP layer, the batch CLI and the evaluation all go through ``decode_for`` and
+``upscale_decoded`` (``supersize`` is the two in a row), so that what we measure is
 exactly what users get.
 """
 
@@ -8,15 +9,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
 
-from supersizeme.images import DecodedImage, Limits, decode, encode_png
+from supersizeme.images import DecodedImage, Limits, check_encodable, decode, encode
 
 # An HxWx3 float image and a monotonic deadline (or None) -> the upscaled image.
 Upscale = Callable[[np.ndarray, float | None], np.ndarray]
+
+# x4 is the x2 network run twice (progressive upsampling), not a network of its own.
+SCALES = (2, 4)
 
 
 @dataclass
@@ -30,42 +34,91 @@ class Timings:
         return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in vars(self).items())
 
 
+def output_name(stem: str, scale: int, image_format: str) -> str:
+    """The file name of a result, e.g. ``photo-x4.webp``."""
+    return f"{stem}-x{scale}.{image_format}"
+
+
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     """Alpha is a coverage mask, not a photograph: bicubic on its own, not the network.
 
     The RDN learned natural images; running masks through it would double the cost of
-    every transparent image for edges that bicubic already keeps smooth.
+    every transparent image for edges that bicubic already keeps smooth. At x4 it is one
+    resize to the final size rather than two, so the mask is interpolated only once.
     """
     height, width = alpha.shape
     mask = Image.fromarray(np.ascontiguousarray(alpha, np.float32), mode="F")
     return np.asarray(mask.resize((width * scale, height * scale), Image.Resampling.BICUBIC))
 
 
+def progressive(
+    rgb: np.ndarray, upscale: Upscale, scale: int, deadline: float | None
+) -> np.ndarray:
+    """Run the network until the image is ``scale`` times larger: once for x2, twice for x4.
+
+    Between passes the image is clipped to [0, 1], the range the network was trained
+    on, as if its x2 result had been saved and sent again (but without rounding). Every
+    pass checks ``deadline`` between tiles, so one deadline covers them all.
+    """
+    height, width = rgb.shape[:2]
+    while rgb.shape[0] < height * scale:
+        if rgb.shape[0] > height:
+            rgb = np.clip(rgb, 0.0, 1.0)
+        rgb = upscale(rgb, deadline)
+    if rgb.shape[:2] != (height * scale, width * scale):
+        raise ValueError(f"the network's factor cannot make x{scale} in whole passes")
+    return rgb
+
+
+def decode_for(
+    data: bytes, limits: Limits, scale: int, image_format: str, timings: Timings
+) -> DecodedImage:
+    """Decode and validate ``data`` for an x``scale`` result in ``image_format``.
+
+    ``limits`` are the x2 limits; the pixel cap shrinks for larger scales. Everything
+    that would refuse the image happens here, before any inference is spent on it.
+    """
+    started = time.perf_counter()
+    image = decode(data, replace(limits, scale=scale))
+    check_encodable(image, scale, image_format)
+    timings.decode = time.perf_counter() - started
+    return image
+
+
 def upscale_decoded(
-    image: DecodedImage, upscale: Upscale, scale: int, deadline: float | None, timings: Timings
+    image: DecodedImage,
+    upscale: Upscale,
+    scale: int,
+    deadline: float | None,
+    timings: Timings,
+    image_format: str = "png",
 ) -> bytes:
     started = time.perf_counter()
-    rgb = upscale(image.rgb, deadline)
+    rgb = progressive(image.rgb, upscale, scale, deadline)
     alpha = upscale_alpha(image.alpha, scale) if image.alpha is not None else None
     timings.inference = time.perf_counter() - started
     started = time.perf_counter()
-    png = encode_png(
+    encoded = encode(
         rgb,
         alpha,
         grayscale=image.grayscale,
         sixteen_bit=image.sixteen_bit,
         icc_profile=image.icc_profile,
+        image_format=image_format,
     )
     timings.encode = time.perf_counter() - started
-    return png
+    return encoded
 
 
 def supersize(
-    data: bytes, upscale: Upscale, scale: int, limits: Limits, deadline: float | None = None
+    data: bytes,
+    upscale: Upscale,
+    scale: int,
+    limits: Limits,
+    deadline: float | None = None,
+    image_format: str = "png",
 ) -> tuple[bytes, Timings]:
-    """Decode and validate ``data``, upscale it, and encode the result as PNG."""
+    """Decode and validate ``data``, upscale it ``scale`` times, and encode the result."""
     timings = Timings()
-    started = time.perf_counter()
-    image = decode(data, limits)
-    timings.decode = time.perf_counter() - started
-    return upscale_decoded(image, upscale, scale, deadline, timings), timings
+    image = decode_for(data, limits, scale, image_format, timings)
+    return upscale_decoded(image, upscale, scale, deadline, timings, image_format), timings

@@ -49,6 +49,17 @@ class Server:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def worker_pids(self) -> set[int]:
+        return worker_pids(self.process.pid)
+
+
+def worker_pids(master_pid: int) -> set[int]:
+    """The gunicorn master's child processes (its workers), from Linux's /proc."""
+    children = set()
+    for task in Path(f"/proc/{master_pid}/task").glob("*"):
+        children.update(int(pid) for pid in (task / "children").read_text().split())
+    return children
+
 
 def gunicorn_command() -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app"]

@@ -90,3 +90,10 @@ def with_bad_crc(data: bytes, chunk_type: bytes) -> bytes:
     corrupted = bytearray(data)
     corrupted[crc_at] ^= 0xFF
     return bytes(corrupted)
+
+
+def grey_profile() -> bytes:
+    """An ICC profile that declares grey data (Pillow cannot make one: sRGB relabelled)."""
+    profile = bytearray(srgb_profile())
+    profile[16:20] = b"GRAY"  # the header's data colour space
+    return bytes(profile)

@@ -292,3 +292,90 @@ def test_icc_profile_is_kept_and_exif_dropped(client):
     result = as_image(post(client, data))
     assert result.info.get("icc_profile") == srgb_profile()
     assert "exif" not in result.info
+
+
+# --- ?scale= and ?format= -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "mimetype", "size", "filename"),
+    [
+        ("?scale=4", "image/png", (160, 120), "supersized-x4.png"),
+        ("?format=webp", "image/webp", (80, 60), "supersized-x2.webp"),
+        ("?scale=4&format=jpeg", "image/jpeg", (160, 120), "supersized-x4.jpeg"),
+        ("?scale=2&format=png", "image/png", (80, 60), "supersized-x2.png"),
+    ],
+)
+def test_scale_and_format_choose_the_output(client, query, mimetype, size, filename):
+    response = post(client, encoded(picture()), "/supersizeme/" + query)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == mimetype
+    assert response.headers["Content-Disposition"] == f'inline; filename="{filename}"'
+    result = Image.open(io.BytesIO(response.data))
+    result.load()
+    assert Image.MIME[result.format] == mimetype and result.size == size
+
+
+def test_transparency_cannot_be_sent_as_jpeg(client):
+    image = picture("RGBA")
+    image.putalpha(0)
+    body = assert_error(
+        post(client, encoded(image), "/supersizeme/?format=jpeg"), 422, "format_cannot_carry_alpha"
+    )
+    assert "png or webp" in body["message"]
+    assert as_image(post(client, encoded(image), "/supersizeme/?format=png")).mode == "RGBA"
+
+
+@pytest.mark.parametrize(
+    ("query", "name", "allowed"),
+    [
+        ("scale=3", "scale", ["2", "4"]),
+        ("scale=4.0", "scale", ["2", "4"]),
+        ("scale=", "scale", ["2", "4"]),
+        ("scale=2&scale=4", "scale", ["2", "4"]),
+        ("format=gif", "format", ["png", "webp", "jpeg"]),
+        ("format=PNG", "format", ["png", "webp", "jpeg"]),
+        ("format=jpg", "format", ["png", "webp", "jpeg"]),
+    ],
+)
+def test_bad_parameter_values_name_the_allowed_ones(client, query, name, allowed):
+    body = assert_error(
+        post(client, encoded(picture()), f"/supersizeme/?{query}"), 422, "invalid_parameter"
+    )
+    assert body["allowed"] == allowed
+    assert name in body["message"] and all(value in body["message"] for value in allowed)
+
+
+def test_unknown_parameter_is_named(client):
+    body = assert_error(
+        post(client, encoded(picture()), "/supersizeme/?size=4"), 422, "invalid_parameter"
+    )
+    assert "'size'" in body["message"] and "scale" in body["message"]
+    assert set(body) == {"error", "message", "request_id"}
+
+
+def test_parameters_are_checked_before_the_body_is_read(client):
+    too_large = b"\x89PNG\r\n\x1a\n" + b"\0" * (5 * 1024 * 1024)
+    assert_error(post(client, too_large, "/supersizeme/?scale=8"), 422, "invalid_parameter")
+    assert_error(post(client, b"", "/supersizeme/?format=bmp"), 422, "invalid_parameter")
+
+
+def test_x4_pixel_cap_is_a_fifth_of_the_cap(tiny_model_dir):
+    from supersizeme import create_app
+
+    app = create_app({"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "MAX_PIXELS": 5000})
+    client = app.test_client()
+    data = encoded(picture())  # 40x30 = 1,200 pixels
+    assert as_image(post(client, data)).size == (80, 60)
+    body = assert_error(post(client, data, "/supersizeme/?scale=4"), 422, "too_many_pixels")
+    assert "x4" in body["message"] and "1,000" in body["message"] and "5,000" in body["message"]
+    info = client.get("/supersizeme/model").get_json()
+    assert info["limits"]["max_pixels_by_scale"] == {"2": 5000, "4": 1000}
+
+
+def test_model_metadata_lists_scales_and_formats(client):
+    info = client.get("/supersizeme/model").get_json()
+    assert info["scales"] == [2, 4]
+    assert info["formats"] == ["png", "webp", "jpeg"]
+    cap = info["limits"]["max_pixels"]
+    assert info["limits"]["max_pixels_by_scale"] == {"2": cap, "4": cap // 5}

@@ -81,6 +81,20 @@ def test_readme_curl_example(server, tmp_path, fmt):
         assert ours > baseline + 0.5, (ours, baseline)
 
 
+def test_scale_4_as_webp_through_gunicorn(server):
+    port, _ = server
+    photo = io.BytesIO()
+    synthetic_photo().resize((60, 40), Image.Resampling.BICUBIC).save(photo, "PNG")
+    status, headers, body = request(
+        port, "POST", "/supersizeme/?scale=4&format=webp", photo.getvalue()
+    )
+    assert status == 200, body
+    assert headers["Content-Type"] == "image/webp"
+    assert headers["Content-Disposition"] == 'inline; filename="supersized-x4.webp"'
+    result = Image.open(io.BytesIO(body))
+    assert (result.format, result.size) == ("WEBP", (240, 160))
+
+
 @pytest.mark.parametrize("framing", ["Transfer-Encoding: chunked", "X-Framing: content-length"])
 def test_upload_over_the_limit_gets_413(server, tmp_path, framing):
     port, _ = server

@@ -11,6 +11,7 @@ from imagefactory import (
     apng,
     encoded,
     gradient,
+    grey_profile,
     handmade_png,
     header_bomb,
     jpeg,
@@ -20,7 +21,7 @@ from imagefactory import (
     srgb_profile,
     with_bad_crc,
 )
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, JpegImagePlugin
 
 from supersizeme import images
 from supersizeme.images import (
@@ -28,8 +29,9 @@ from supersizeme.images import (
     DecodedImage,
     ImageRejected,
     Limits,
+    check_encodable,
     decode,
-    encode_png,
+    encode,
     sniff_format,
 )
 
@@ -61,7 +63,7 @@ def enlarged(image: DecodedImage) -> tuple[np.ndarray, np.ndarray | None]:
 def round_trip(image: DecodedImage) -> Image.Image:
     rgb, alpha = enlarged(image)
     return reopened(
-        encode_png(
+        encode(
             rgb,
             alpha,
             grayscale=image.grayscale,
@@ -201,12 +203,12 @@ def test_cmyk_jpeg_becomes_rgb_and_drops_its_profile():
     assert red > 200 and green < 50 and blue > 200
 
 
-# --- encode_png ---------------------------------------------------------------------------
+# --- encode ---------------------------------------------------------------------------
 
 
 def encoded_samples(rgb: np.ndarray, **flags: bool) -> np.ndarray:
     options = {"grayscale": False, "sixteen_bit": False} | flags
-    return np.asarray(reopened(encode_png(rgb, None, **options)))
+    return np.asarray(reopened(encode(rgb, None, **options)))
 
 
 def test_encode_rounds_to_nearest_and_clips():
@@ -230,18 +232,18 @@ def test_grey_output_is_the_channel_mean():
 
 def test_sixteen_bit_is_ignored_for_colour():
     rgb = np.full((2, 2, 3), 0.5)
-    assert reopened(encode_png(rgb, None, grayscale=False, sixteen_bit=True)).mode == "RGB"
+    assert reopened(encode(rgb, None, grayscale=False, sixteen_bit=True)).mode == "RGB"
 
 
 def test_encode_refuses_mismatched_shapes():
     with pytest.raises(ValueError):
-        encode_png(np.zeros((4, 4)), None, grayscale=True, sixteen_bit=False)
+        encode(np.zeros((4, 4)), None, grayscale=True, sixteen_bit=False)
     with pytest.raises(ValueError):
-        encode_png(np.zeros((4, 4, 3)), np.zeros((4, 5)), grayscale=False, sixteen_bit=False)
+        encode(np.zeros((4, 4, 3)), np.zeros((4, 5)), grayscale=False, sixteen_bit=False)
 
 
 def test_encode_without_profile_writes_none():
-    output = reopened(encode_png(np.zeros((2, 2, 3)), None, grayscale=False, sixteen_bit=False))
+    output = reopened(encode(np.zeros((2, 2, 3)), None, grayscale=False, sixteen_bit=False))
     assert "icc_profile" not in output.info
 
 
@@ -395,3 +397,109 @@ def test_memory_errors_are_not_blamed_on_the_client(monkeypatch):
     monkeypatch.setattr(images.ImageOps, "exif_transpose", exhausted)
     with pytest.raises(MemoryError):
         decode(VALID_PNG, LIMITS)
+
+
+# --- WebP and JPEG, and what each format can hold -----------------------------------------
+
+
+def encoded_as(image_format: str, rgb: np.ndarray, alpha: np.ndarray | None = None, **flags):
+    options = {"grayscale": False, "sixteen_bit": False} | flags
+    return reopened(encode(rgb, alpha, image_format=image_format, **options))
+
+
+def test_webp_is_lossless_and_keeps_colour_under_transparent_pixels():
+    samples = gradient(WIDTH, HEIGHT, 4)
+    samples[..., 3] = 0
+    samples[:, : WIDTH // 2, 3] = 255
+    result = encoded_as("webp", samples[..., :3] / 255, samples[..., 3] / 255)
+    assert result.format == "WEBP" and result.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(result), samples)
+
+
+def test_webp_rounds_to_nearest_and_clips():
+    values = np.array([-0.3, 0.49 / 255, 0.51 / 255, 1.49 / 255, 254.6 / 255, 1.7])
+    rgb = np.repeat(values[None, :, None], 3, axis=2)
+    assert np.asarray(encoded_as("webp", rgb))[0, :, 0].tolist() == [0, 0, 1, 1, 255, 255]
+
+
+def test_jpeg_is_quality_95_with_full_chroma():
+    rgb = gradient(64, 48) / 255
+    result = encoded_as("jpeg", rgb)
+    assert result.format == "JPEG" and result.mode == "RGB"
+    assert JpegImagePlugin.get_sampling(result) == 0  # 4:4:4
+    reference = reopened(jpeg(Image.fromarray(gradient(64, 48)), quality=95))
+    assert result.quantization == reference.quantization
+
+
+def test_grey_stays_grey_in_jpeg_and_is_three_equal_channels_in_webp():
+    grey = np.repeat((gradient(WIDTH, HEIGHT, 1) / 255)[..., None], 3, axis=2)
+    assert encoded_as("jpeg", grey, grayscale=True).mode == "L"
+    webp = np.asarray(encoded_as("webp", grey, grayscale=True))
+    assert webp.shape == (HEIGHT, WIDTH, 3)
+    np.testing.assert_array_equal(webp[..., 0], gradient(WIDTH, HEIGHT, 1))
+    np.testing.assert_array_equal(webp[..., 0], webp[..., 2])
+
+
+@pytest.mark.parametrize("image_format", ["webp", "jpeg"])
+def test_sixteen_bit_grey_becomes_eight_bit_rounded(image_format):
+    grey = np.full((HEIGHT, WIDTH, 3), 128.7 / 255)  # truncation would give 128
+    result = np.asarray(encoded_as(image_format, grey, grayscale=True, sixteen_bit=True))
+    assert result.dtype == np.uint8
+    assert abs(int(result.flat[0]) - 129) <= (0 if image_format == "webp" else 1)
+
+
+@pytest.mark.parametrize("image_format", ["png", "webp", "jpeg"])
+def test_icc_profile_is_kept_in_every_format(image_format):
+    result = encoded_as(image_format, gradient(WIDTH, HEIGHT) / 255, icc_profile=srgb_profile())
+    assert result.info["icc_profile"] == srgb_profile()
+
+
+def test_grey_profile_is_dropped_only_where_grey_becomes_rgb():
+    grey = np.full((HEIGHT, WIDTH, 3), 0.5)
+    options = {"grayscale": True, "icc_profile": grey_profile()}
+    assert encoded_as("png", grey, **options).info["icc_profile"] == grey_profile()
+    assert encoded_as("jpeg", grey, **options).info["icc_profile"] == grey_profile()
+    assert "icc_profile" not in encoded_as("webp", grey, **options).info
+
+
+def decoded(mode: str, size: tuple[int, int] = (WIDTH, HEIGHT)) -> DecodedImage:
+    return decode(png(Image.fromarray(gradient(*size, 4)).convert(mode)), LIMITS)
+
+
+def test_jpeg_refuses_transparency_but_not_an_opaque_alpha_channel():
+    with pytest.raises(ImageRejected) as caught:
+        check_encodable(decoded("RGBA"), 2, "jpeg")
+    assert (caught.value.status, caught.value.code) == (422, "format_cannot_carry_alpha")
+    assert "png or webp" in caught.value.message
+    check_encodable(decoded("RGBA"), 2, "webp")
+    opaque = decoded("RGB")
+    opaque.alpha = np.ones(opaque.rgb.shape[:2], np.float32)
+    check_encodable(opaque, 4, "jpeg")
+    assert encoded_as("jpeg", opaque.rgb, opaque.alpha).mode == "RGB"
+
+
+@pytest.mark.parametrize(("image_format", "side"), [("webp", 16383), ("jpeg", 65500)])
+def test_outputs_over_the_format_s_side_limit_are_refused(image_format, side):
+    image = decoded("RGB", (side // 4, 8))
+    check_encodable(image, 4, image_format)
+    image = decoded("RGB", (side // 4 + 1, 8))
+    with pytest.raises(ImageRejected) as caught:
+        check_encodable(image, 4, image_format)
+    assert (caught.value.status, caught.value.code) == (422, "too_large_for_format")
+    assert f"{side:,}" in caught.value.message
+
+
+def test_the_x4_cap_is_a_fifth_of_the_x2_cap():
+    assert Limits(max_pixels=2_000_000).pixel_cap == 2_000_000
+    assert Limits(max_pixels=2_000_000, scale=4).pixel_cap == 400_000
+    data = png(Image.fromarray(gradient(50, 20)))  # 1,000 pixels
+    assert decode(data, Limits(max_pixels=5_000, scale=4)).width == 50
+    error = rejection(data, Limits(max_pixels=4_999, scale=4))
+    assert (error.status, error.code) == (422, "too_many_pixels")
+    assert "x4" in error.message and "999" in error.message and "4,999" in error.message
+
+
+@pytest.mark.usefixtures("no_pixel_decoding")
+def test_bomb_refusal_names_the_x4_cap():
+    error = rejection(header_bomb(100_000, 100_000), Limits(scale=4))
+    assert error.code == "too_many_pixels" and "400,000" in error.message

@@ -1,0 +1,261 @@
+"""Batch upscaling from the command line: the served path, without HTTP.
+
+    python -m supersizeme upscale photos/ extra.jpg --out big/ --scale 4 --format webp
+
+Each file goes through the same validation, network and encoder as a POST to the
+service (``pipeline.supersize``, the model loaded by ``predictor.load``), without the
+request deadline. A file that cannot be upscaled is reported and skipped; the exit
+status says whether any was: 0 all written, 1 some failed, 2 nothing tried (bad
+options or a model that does not load), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from supersizeme import config as settings
+from supersizeme.images import FORMATS, ImageRejected, Limits
+from supersizeme.pipeline import SCALES, Upscale, output_name, supersize
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path  # as the user named it (or under a folder the user named)
+    target: Path
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: Path
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.code}: {self.message}"
+
+
+class Refused(Exception):
+    """One file that could not be upscaled; the run goes on with the next."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options default to the service's settings (supersizeme/config.py, SSM_* variables)."""
+    defaults = settings.from_environment()
+    parser = argparse.ArgumentParser(
+        prog="python -m supersizeme",
+        description="Super Size Me: enlarge PNG and JPEG images with the service's RDN.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    upscale = commands.add_parser(
+        "upscale",
+        help="upscale image files and folders (folders are walked recursively)",
+        description="Upscale image files and folders. Results are written under --out as "
+        "<name>-x<scale>.<format>, keeping each folder's layout; hidden files are skipped.",
+    )
+    upscale.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="file or folder")
+    upscale.add_argument("--out", required=True, type=Path, help="folder for the results")
+    upscale.add_argument("--scale", type=int, choices=SCALES, default=SCALES[0])
+    upscale.add_argument("--format", choices=FORMATS, default=FORMATS[0], dest="image_format")
+    upscale.add_argument(
+        "--model",
+        type=Path,
+        default=Path(defaults["MODEL_DIR"]),
+        help="model folder (default: %(default)s)",
+    )
+    upscale.add_argument(
+        "--precision", choices=("float32", "bfloat16"), default=defaults["PRECISION"]
+    )
+    upscale.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=defaults["MAX_PIXELS"],
+        help="input pixel cap at x2, as the server's (default: %(default)s); "
+        "x4 allows a fifth of it",
+    )
+    # Not options: the server's other settings, so that a file is judged as a POST is.
+    upscale.set_defaults(min_side=defaults["MIN_SIDE"], tile=defaults["TILE"])
+    return parser
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def files_under(root: Path, skip: Path, failures: list[Failure]) -> Iterator[Path]:
+    """Every non-hidden file below ``root``, in a stable order, except under ``skip``."""
+
+    def unreadable(error: OSError) -> None:
+        failures.append(Failure(Path(error.filename or root), "unreadable", error.strerror or ""))
+
+    for folder, subfolders, files in os.walk(root, onerror=unreadable):
+        here = Path(folder)
+        # Pruned in place so that os.walk does not descend into them; a results folder
+        # inside the input would otherwise be read back as input on the next run.
+        subfolders[:] = sorted(
+            name
+            for name in subfolders
+            if not is_hidden(here / name) and (here / name).resolve() != skip
+        )
+        yield from (here / name for name in sorted(files) if not is_hidden(here / name))
+
+
+def plan(
+    paths: Iterable[Path], out: Path, scale: int, image_format: str
+) -> tuple[list[Job], list[Failure]]:
+    """What to write where, and the paths that cannot even be tried."""
+    jobs: list[Job] = []
+    failures: list[Failure] = []
+    for path in paths:
+        if path.is_dir():
+            for source in files_under(path, out.resolve(), failures):
+                relative = source.relative_to(path).parent
+                target = out / relative / output_name(source.stem, scale, image_format)
+                jobs.append(Job(source, target))
+        elif path.is_file():
+            jobs.append(Job(path, out / output_name(path.stem, scale, image_format)))
+        elif path.exists():
+            failures.append(Failure(path, "not_a_file", "neither a file nor a folder"))
+        else:
+            failures.append(Failure(path, "not_found", "no such file or folder"))
+    inputs = {job.source.resolve() for job in jobs}
+    claimed: dict[Path, Path] = {}
+    seen: set[Path] = set()
+    kept = []
+    for job in jobs:
+        target = job.target.resolve()
+        if job.source.resolve() in seen:
+            continue  # named twice, say as a file and inside a folder: done once
+        seen.add(job.source.resolve())
+        if target in inputs:
+            failures.append(
+                Failure(job.source, "would_overwrite_input", f"{job.target} is one of the inputs")
+            )
+        elif target in claimed:
+            failures.append(
+                Failure(
+                    job.source,
+                    "output_conflict",
+                    f"{job.target} is already the output of {claimed[target]}",
+                )
+            )
+        else:
+            claimed[target] = job.source
+            kept.append(job)
+    return kept, failures
+
+
+def attempt(job: Job, upscale: Upscale, limits: Limits, args: argparse.Namespace) -> Failure | None:
+    """Upscale one file; what went wrong, if anything, instead of an exception."""
+    try:
+        upscale_file(job, upscale, limits, args)
+    except Refused as exc:
+        return Failure(job.source, exc.code, exc.message)
+    except Exception as exc:
+        # A bug or a decoder surprise in one file must not end the whole batch.
+        return Failure(job.source, "internal_error", f"{type(exc).__name__}: {exc}")
+    return None
+
+
+def upscale_file(job: Job, upscale: Upscale, limits: Limits, args: argparse.Namespace) -> None:
+    try:
+        data = job.source.read_bytes()
+    except OSError as exc:
+        raise Refused("unreadable", exc.strerror or type(exc).__name__) from None
+    if not data:
+        raise Refused("empty_file", "the file is empty")
+    try:
+        encoded, _ = supersize(data, upscale, args.scale, limits, image_format=args.image_format)
+    except ImageRejected as exc:
+        raise Refused(exc.code, exc.message) from None
+    except MemoryError:
+        raise Refused("out_of_memory", "not enough memory for this image") from None
+    # A hidden temporary name, renamed into place: an interrupted run leaves no
+    # half-written result that looks finished, and a rerun does not read it as input.
+    partial = job.target.with_name(f".{job.target.name}.part")
+    try:
+        job.target.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(encoded)
+        partial.replace(job.target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise Refused("write_failed", exc.strerror or type(exc).__name__) from None
+
+
+def load_upscaler(args: argparse.Namespace) -> Upscale:
+    """The server's loading code, with every core for the one process."""
+    from supersizeme.modelspec import ModelFolder
+    from supersizeme.predictor import LoadSettings, load
+
+    folder = ModelFolder.open(args.model)
+    return load(
+        folder,
+        LoadSettings(
+            precision=args.precision, tile=args.tile, intra_op_threads=settings.cpu_count()
+        ),
+    )
+
+
+def run_upscale(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out} exists and is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    jobs, failures = plan(args.paths, args.out, args.scale, args.image_format)
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    written = 0
+    if jobs:
+        try:
+            upscale = load_upscaler(args)
+        except Exception as exc:
+            print(f"error: cannot load the model {args.model}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        limits = Limits(max_pixels=args.max_pixels, min_side=args.min_side)
+        with tqdm(jobs, unit="image", file=sys.stderr, dynamic_ncols=True) as progress:
+            for job in progress:
+                failure = attempt(job, upscale, limits, args)
+                if failure is None:
+                    written += 1
+                else:
+                    failures.append(failure)
+                    progress.write(str(failure), file=sys.stderr)
+    print(summary(written, failures))
+    return EXIT_FAILURES if failures else EXIT_OK
+
+
+def summary(written: int, failures: list[Failure]) -> str:
+    lines = [f"{written} written, {len(failures)} failed" + (":" if failures else ".")]
+    lines += [f"  {failure}" for failure in failures]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``python -m supersizeme`` entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run_upscale(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; results written so far are complete", file=sys.stderr)
+        return EXIT_INTERRUPTED

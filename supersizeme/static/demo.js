@@ -1,0 +1,362 @@
+"use strict";
+// The demo page: send the chosen file's raw bytes to POST /supersizeme/ (the same API every
+// client uses), then show the answer beside a bicubic enlargement computed here, in the
+// browser, with the kernel and edge handling of Pillow's BICUBIC, the baseline of the README.
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  form: $("upload"), drop: $("drop"), file: $("file"), send: $("send"),
+  options: $("options"), scale: $("scale"), format: $("format"), limits: $("limits"),
+  status: $("status"), error: $("error"), comparison: $("comparison"),
+  stage: $("stage"), result: $("result"), bicubic: $("bicubic"), bicubicNote: $("bicubic-note"),
+  split: $("split"), zoom: $("zoom"), outputSize: $("output-size"), timing: $("timing"),
+  download: $("download"),
+};
+let resultUrl = null;
+let uploads = 0; // a newer upload makes the answers of older ones stale
+
+const FORMAT_NAMES = { png: "PNG", webp: "WebP (lossless)", jpeg: "JPEG (quality 95)" };
+
+function setState(state, text) {
+  document.body.dataset.state = state;
+  els.status.textContent = text;
+  els.send.disabled = state === "busy" || !els.file.files.length;
+}
+
+function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} bytes`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(2)} MiB`;
+}
+
+function formatMs(ms) {
+  return `${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms`;
+}
+
+// --- What the server offers -------------------------------------------------------------
+
+async function loadModelInfo() {
+  let info;
+  try {
+    const response = await fetch("/supersizeme/model");
+    if (!response.ok) return;
+    info = await response.json();
+  } catch {
+    return; // the page still works with the API's defaults
+  }
+  const limits = info.limits || {};
+  const parts = [`Model ${info.name}.`];
+  if (limits.max_body_bytes) parts.push(`Files up to ${formatBytes(limits.max_body_bytes)}`);
+  if (limits.max_pixels) {
+    const perScale = limits.max_pixels_by_scale || {};
+    const x4 = perScale["4"] ? ` (${perScale["4"].toLocaleString("en")} at 4×)` : "";
+    parts.push(`and ${limits.max_pixels.toLocaleString("en")} input pixels${x4}.`);
+  }
+  els.limits.textContent = parts.join(" ");
+  // Servers that list no choices take neither parameter: the page then sends none.
+  if (Array.isArray(info.scales) && Array.isArray(info.formats)) {
+    fillSelect(els.scale, info.scales, (scale) => `${scale}× wider and taller`);
+    fillSelect(els.format, info.formats, (name) => FORMAT_NAMES[name] || name);
+    els.options.hidden = false;
+  }
+}
+
+// The API lists its default first, so the first option is the one a plain POST gets.
+function fillSelect(select, values, describe) {
+  select.replaceChildren(
+    ...values.map((value) => new Option(describe(value), String(value))),
+  );
+}
+
+function endpoint() {
+  if (els.options.hidden) return "/supersizeme/";
+  const query = new URLSearchParams({ scale: els.scale.value, format: els.format.value });
+  return `/supersizeme/?${query}`;
+}
+
+// --- Upload and answer ------------------------------------------------------------------
+
+async function upload(file) {
+  const mine = ++uploads;
+  els.error.hidden = true;
+  els.comparison.hidden = true;
+  setState("busy", `Enlarging ${file.name} (${formatBytes(file.size)})…`);
+  const started = performance.now();
+  let response;
+  let blob;
+  try {
+    response = await fetch(endpoint(), {
+      method: "POST",
+      body: file,
+      headers: { "Content-Type": file.type || "application/octet-stream" },
+    });
+    blob = response.ok ? await response.blob() : null;
+  } catch (error) {
+    if (mine === uploads) showError({ message: `The server could not be reached (${error}).` });
+    return;
+  }
+  if (mine !== uploads) return;
+  const roundTrip = performance.now() - started;
+  if (!response.ok) {
+    await showRefusal(response);
+    return;
+  }
+  await showResult(file, blob, response, roundTrip, mine);
+}
+
+async function showRefusal(response) {
+  let body = {};
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: a proxy's error page, say; the status line still tells something
+  }
+  showError({
+    message: body.message || `The server answered ${response.status} ${response.statusText}.`,
+    code: body.error,
+    status: response.status,
+    requestId: body.request_id,
+    allowed: body.allowed,
+    retryAfter: response.headers.get("Retry-After"),
+  });
+}
+
+function showError({ message, code, status, requestId, allowed, retryAfter }) {
+  const headline = document.createElement("p");
+  headline.append(Object.assign(document.createElement("strong"), { textContent: message }));
+  const detail = document.createElement("p");
+  if (code) {
+    const shown = Object.assign(document.createElement("code"), { textContent: code });
+    detail.append("Error code ", shown);
+  }
+  const facts = [];
+  if (status) facts.push(`HTTP ${status}`);
+  if (Array.isArray(allowed)) facts.push(`allowed: ${allowed.join(", ")}`);
+  if (retryAfter) facts.push(`retry after ${retryAfter} s`);
+  if (requestId) facts.push(`request id ${requestId}`);
+  if (facts.length) detail.append(`${code ? ", " : ""}${facts.join(", ")}.`);
+  els.error.replaceChildren(headline, detail);
+  els.error.hidden = false;
+  setState("error", "The image was not enlarged.");
+}
+
+async function showResult(file, blob, response, roundTrip, mine) {
+  if (resultUrl) URL.revokeObjectURL(resultUrl);
+  resultUrl = URL.createObjectURL(blob);
+  els.result.src = resultUrl;
+  try {
+    await els.result.decode();
+  } catch {
+    showError({ message: `This browser cannot show the server's ${blob.type} answer.` });
+    return;
+  }
+  const width = els.result.naturalWidth;
+  const height = els.result.naturalHeight;
+  els.result.alt = `${file.name} enlarged by the network to ${width} × ${height} pixels`;
+
+  let original = null;
+  try {
+    original = await createImageBitmap(file); // upright, as the server makes it
+  } catch {
+    // a format this browser cannot decode: the result is still shown, without bicubic
+  }
+  if (mine !== uploads) return;
+  const from = original
+    ? ` (${width / original.width}× of ${original.width} × ${original.height})`
+    : "";
+  els.outputSize.textContent =
+    `${width} × ${height} pixels${from}, ${formatBytes(blob.size)}, ${blob.type}`;
+  els.timing.textContent = describeTiming(response.headers.get("Server-Timing"), roundTrip);
+  els.download.href = resultUrl;
+  els.download.download = downloadName(response, blob, original && width / original.width);
+
+  els.comparison.hidden = false;
+  applyZoom();
+  if (original) {
+    setState("busy", "Computing the bicubic enlargement for comparison…");
+    await new Promise((resolve) => setTimeout(resolve)); // let the status show first
+    drawBicubic(original, width, height);
+    original.close();
+    els.bicubicNote.hidden = true;
+  } else {
+    els.bicubic.width = 0;
+    els.bicubicNote.textContent =
+      "This browser cannot decode the original, so there is no bicubic side.";
+    els.bicubicNote.hidden = false;
+  }
+  setState("done", `Done: ${file.name} enlarged to ${width} × ${height}.`);
+}
+
+function describeTiming(header, roundTrip) {
+  const steps = (header || "").split(",").flatMap((entry) => {
+    const name = entry.split(";")[0].trim();
+    const duration = /;\s*dur=([\d.]+)/.exec(entry);
+    return name && duration ? [`${name} ${formatMs(Number(duration[1]))}`] : [];
+  });
+  const server = steps.length ? steps.join(", ") : "not reported";
+  return `${server}; ${formatMs(roundTrip)} from upload to answer in this browser`;
+}
+
+function downloadName(response, blob, scale) {
+  const header = response.headers.get("Content-Disposition") || "";
+  const disposition = /filename="([^"]+)"/.exec(header);
+  if (disposition) return disposition[1];
+  const extension = blob.type.split("/")[1] || "png";
+  return scale ? `supersized-x${scale}.${extension}` : `supersized.${extension}`;
+}
+
+// --- Bicubic, as Pillow computes it -----------------------------------------------------
+
+// Keys' cubic convolution kernel with a = -0.5, the one Pillow's BICUBIC uses.
+function cubic(x) {
+  const a = -0.5;
+  const t = Math.abs(x);
+  if (t < 1) return ((a + 2) * t - (a + 3)) * t * t + 1;
+  if (t < 2) return (((t - 5) * t + 8) * t - 4) * a;
+  return 0;
+}
+
+// For each output position: its first input sample and normalised weights. Samples past the
+// edge are left out and the others renormalised, as Pillow does; shrinking widens the kernel.
+function weightsFor(inSize, outSize) {
+  const scale = inSize / outSize;
+  const stretch = Math.max(scale, 1);
+  const support = 2 * stretch;
+  const all = [];
+  for (let out = 0; out < outSize; out++) {
+    const centre = (out + 0.5) * scale;
+    const first = Math.max(0, Math.trunc(centre - support + 0.5));
+    const end = Math.min(inSize, Math.trunc(centre + support + 0.5));
+    const weights = [];
+    for (let i = first; i < end; i++) weights.push(cubic((i - centre + 0.5) / stretch));
+    const total = weights.reduce((sum, w) => sum + w, 0);
+    all.push({ first, weights: weights.map((w) => (total ? w / total : 0)) });
+  }
+  return all;
+}
+
+// Resamples every row of an RGBA buffer to outWidth. Each pass ends in 8 bits, rounded half
+// up and clamped, like Pillow's: at x2 the weights are multiples of 1/128, so exact halves
+// are common, and Uint8ClampedArray alone would round them to even. Every channel, alpha
+// too, is filtered on its own.
+function resampleRows(pixels, width, height, outWidth) {
+  const out = new Uint8ClampedArray(outWidth * height * 4);
+  const columns = weightsFor(width, outWidth);
+  for (let y = 0; y < height; y++) {
+    const row = y * width * 4;
+    for (let x = 0; x < outWidth; x++) {
+      const { first, weights } = columns[x];
+      for (let c = 0; c < 4; c++) {
+        let sum = 0;
+        for (let k = 0; k < weights.length; k++) {
+          sum += pixels[row + (first + k) * 4 + c] * weights[k];
+        }
+        out[(y * outWidth + x) * 4 + c] = Math.floor(sum + 0.5);
+      }
+    }
+  }
+  return out;
+}
+
+function transpose(pixels, width, height) {
+  const out = new Uint8ClampedArray(pixels.length);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const from = (y * width + x) * 4;
+      out.set(pixels.subarray(from, from + 4), (x * height + y) * 4);
+    }
+  }
+  return out;
+}
+
+// Horizontal pass, then vertical (as rows of the transposed image): Pillow's order.
+function bicubicResize(pixels, width, height, outWidth, outHeight) {
+  const wide = resampleRows(pixels, width, height, outWidth);
+  const tall = resampleRows(transpose(wide, outWidth, height), height, outWidth, outHeight);
+  return transpose(tall, outHeight, outWidth);
+}
+
+function drawBicubic(bitmap, outWidth, outHeight) {
+  const source = document.createElement("canvas");
+  source.width = bitmap.width;
+  source.height = bitmap.height;
+  const sourceContext = source.getContext("2d", { willReadFrequently: true });
+  sourceContext.drawImage(bitmap, 0, 0);
+  const pixels = sourceContext.getImageData(0, 0, bitmap.width, bitmap.height).data;
+  const enlarged = bicubicResize(pixels, bitmap.width, bitmap.height, outWidth, outHeight);
+  els.bicubic.width = outWidth;
+  els.bicubic.height = outHeight;
+  els.bicubic.getContext("2d").putImageData(new ImageData(enlarged, outWidth, outHeight), 0, 0);
+}
+
+// --- Viewing ----------------------------------------------------------------------------
+
+// "fit" shrinks a large result to the page, or enlarges a small one by a whole factor
+// shown as square pixels, so that the browser's own smoothing never blurs either side.
+function applyZoom() {
+  const natural = els.result.naturalWidth;
+  if (!natural) return;
+  let factor = Number(els.zoom.value);
+  if (els.zoom.value === "fit") {
+    const room = els.stage.parentElement.clientWidth / natural;
+    factor = room >= 1 ? Math.floor(room) : room;
+  }
+  els.result.style.width = `${natural * factor}px`;
+  els.split.style.width = els.result.style.width; // under the picture, as wide (at most the page)
+  els.stage.classList.toggle("pixelated", factor > 1);
+}
+
+function applySplit() {
+  els.stage.style.setProperty("--split", `${els.split.value}%`);
+  els.split.setAttribute("aria-valuetext", `bicubic on the left ${els.split.value}%`);
+}
+
+// Dragging on the picture moves the split too; the slider is the keyboard's way in.
+function splitAt(event) {
+  const box = els.stage.getBoundingClientRect();
+  els.split.value = String(Math.round(((event.clientX - box.left) / box.width) * 100));
+  applySplit();
+}
+
+// --- Wiring -----------------------------------------------------------------------------
+
+els.file.addEventListener("change", () => {
+  if (els.file.files.length) upload(els.file.files[0]);
+});
+els.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (els.file.files.length) upload(els.file.files[0]);
+});
+for (const name of ["dragenter", "dragover"]) {
+  els.drop.addEventListener(name, (event) => {
+    event.preventDefault();
+    els.drop.classList.add("over");
+  });
+}
+els.drop.addEventListener("dragleave", () => els.drop.classList.remove("over"));
+els.drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  els.drop.classList.remove("over");
+  const files = event.dataTransfer.files;
+  if (!files.length) return;
+  els.file.files = files; // so that "Enlarge" can send it again, with other options
+  upload(files[0]);
+});
+// A file dropped beside the box would otherwise replace this page with the file.
+window.addEventListener("dragover", (event) => event.preventDefault());
+window.addEventListener("drop", (event) => event.preventDefault());
+els.split.addEventListener("input", applySplit);
+els.stage.addEventListener("pointerdown", (event) => {
+  event.preventDefault(); // no image drag, no text selection
+  els.stage.setPointerCapture(event.pointerId);
+  splitAt(event);
+});
+els.stage.addEventListener("pointermove", (event) => {
+  if (els.stage.hasPointerCapture(event.pointerId)) splitAt(event);
+});
+els.zoom.addEventListener("change", applyZoom);
+window.addEventListener("resize", applyZoom);
+
+applySplit();
+setState("idle", "Choose or drop an image to start.");
+loadModelInfo();

@@ -1,0 +1,218 @@
+"""The batch command line, on real files, with the tiny RDN (``--model``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagefactory import encoded, gradient, jpeg, png
+from PIL import Image
+
+from supersizeme import cli
+from supersizeme.config import REPO_ROOT
+
+
+def picture(mode: str = "RGB", size: tuple[int, int] = (20, 12)) -> Image.Image:
+    return Image.fromarray(gradient(*size)).convert(mode)
+
+
+def transparent() -> Image.Image:
+    image = picture("RGBA")
+    alpha = np.full((12, 20), 255, np.uint8)
+    alpha[:, :10] = 0
+    image.putalpha(Image.fromarray(alpha))
+    return image
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """Three good images (one in a subfolder), three bad files and one hidden file."""
+    folder = tmp_path / "photos"
+    (folder / "trip").mkdir(parents=True)
+    (folder / "street.png").write_bytes(png(picture()))
+    (folder / "trip" / "beach.jpg").write_bytes(jpeg(picture(size=(16, 24))))
+    (folder / "logo.png").write_bytes(png(transparent()))
+    (folder / "notes.txt").write_text("not an image\n")
+    (folder / "cut.png").write_bytes(png(picture())[:60])
+    (folder / "anim.gif").write_bytes(encoded(picture(), "GIF"))
+    (folder / ".thumbnail.png").write_bytes(b"hidden and broken")
+    return folder
+
+
+def size_of(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+def upscale(*args: object) -> int:
+    return cli.main(["upscale", *map(str, args)])
+
+
+def test_batch_in_a_subprocess_writes_the_good_files_and_reports_the_bad(
+    photos, tmp_path, tiny_model_dir
+):
+    out = tmp_path / "out"
+    command = ["upscale", photos, "--out", out, "--model", tiny_model_dir]
+    completed = subprocess.run(
+        [sys.executable, "-m", "supersizeme", *map(str, command)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 1, completed.stderr
+    assert size_of(out / "street-x2.png") == (40, 24)
+    assert size_of(out / "trip" / "beach-x2.png") == (32, 48)
+    assert Image.open(out / "logo-x2.png").mode == "RGBA"
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [
+        "beach-x2.png",
+        "logo-x2.png",
+        "street-x2.png",
+    ]
+    assert "3 written, 3 failed:" in completed.stdout
+    for name, code in [
+        ("notes.txt", "unsupported_media_type"),
+        ("cut.png", "corrupt_image"),
+        ("anim.gif", "unsupported_media_type"),
+    ]:
+        assert f"{photos / name}: {code}: " in completed.stdout
+        assert f"{photos / name}: {code}: " in completed.stderr  # reported as it happens
+    assert "thumbnail" not in completed.stdout + completed.stderr
+    assert "6/6" in completed.stderr and "100%" in completed.stderr  # the progress bar
+    assert "Traceback" not in completed.stdout + completed.stderr
+
+
+def test_scale_4_as_webp(tmp_path, tiny_model_dir, capsys):
+    source = tmp_path / "in.png"
+    source.write_bytes(png(transparent()))
+    status = upscale(source, "--out", tmp_path / "out", "--model", tiny_model_dir)
+    assert status == 0
+    status = upscale(
+        source, "--out", tmp_path / "out", "--model", tiny_model_dir, "--scale", "4",
+        "--format", "webp",
+    )  # fmt: skip
+    assert status == 0
+    with Image.open(tmp_path / "out" / "in-x4.webp") as result:
+        assert (result.format, result.mode, result.size) == ("WEBP", "RGBA", (80, 48))
+    assert "1 written, 0 failed." in capsys.readouterr().out
+
+
+def test_transparency_as_jpeg_and_missing_paths_are_failures(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "logo.png").write_bytes(png(transparent()))
+    (tmp_path / "photo.png").write_bytes(png(picture()))
+    status = upscale(
+        tmp_path / "logo.png", tmp_path / "photo.png", tmp_path / "missing.png",
+        "--out", tmp_path / "out", "--model", tiny_model_dir, "--format", "jpeg",
+    )  # fmt: skip
+    assert status == 1
+    output = capsys.readouterr().out
+    assert "1 written, 2 failed:" in output
+    assert f"{tmp_path / 'logo.png'}: format_cannot_carry_alpha: " in output
+    assert f"{tmp_path / 'missing.png'}: not_found: " in output
+    assert size_of(tmp_path / "out" / "photo-x2.jpeg") == (40, 24)
+
+
+def test_an_input_is_never_overwritten(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "a.png").write_bytes(png(picture()))
+    earlier = png(picture(size=(10, 10)))
+    (tmp_path / "a-x2.png").write_bytes(earlier)
+    assert upscale(tmp_path, "--out", tmp_path, "--model", tiny_model_dir) == 1
+    assert (tmp_path / "a-x2.png").read_bytes() == earlier
+    assert size_of(tmp_path / "a-x2-x2.png") == (20, 20)
+    assert "would_overwrite_input" in capsys.readouterr().out
+
+
+def test_results_inside_the_input_folder_are_not_read_back(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "a.png").write_bytes(png(picture()))
+    for _ in range(2):
+        assert upscale(tmp_path, "--out", tmp_path / "big", "--model", tiny_model_dir) == 0
+        assert "1 written, 0 failed." in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "big").iterdir()] == ["a-x2.png"]
+
+
+def test_two_inputs_for_one_output_is_a_conflict(tmp_path, tiny_model_dir, capsys):
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.png").write_bytes(png(picture()))
+    status = upscale(
+        tmp_path / "one", tmp_path / "two", "--out", tmp_path / "out", "--model", tiny_model_dir
+    )
+    assert status == 1
+    assert "output_conflict" in capsys.readouterr().out
+
+
+def test_the_pixel_cap_can_be_raised_and_x4_gets_a_fifth(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "a.png").write_bytes(png(picture()))  # 240 pixels
+    common = ("--out", tmp_path / "out", "--model", tiny_model_dir, "--max-pixels", "1000")
+    assert upscale(tmp_path / "a.png", *common) == 0
+    assert upscale(tmp_path / "a.png", *common, "--scale", "4") == 1
+    assert "too_many_pixels" in capsys.readouterr().out
+    assert upscale(tmp_path / "a.png", *common[:-1], "1200", "--scale", "4") == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["upscale", "a.png"],
+        ["upscale", "a.png", "--out", "o", "--scale", "3"],
+        ["upscale", "a.png", "--out", "o", "--format", "gif"],
+        ["upscale", "a.png", "--out", "o", "--max-pixels", "0"],
+    ],
+)
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv)
+    assert caught.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_unusable_model_or_out_folder_exit_2_before_any_work(tmp_path, capsys):
+    (tmp_path / "a.png").write_bytes(png(picture()))
+    assert upscale(tmp_path / "a.png", "--out", tmp_path / "o", "--model", tmp_path) == 2
+    assert "cannot load the model" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert upscale(tmp_path / "a.png", "--out", tmp_path / "file") == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_a_failure_inside_one_file_does_not_stop_the_batch(
+    tmp_path, tiny_model_dir, capsys, monkeypatch
+):
+    broken = png(picture())
+    (tmp_path / "a.png").write_bytes(broken)
+    (tmp_path / "b.png").write_bytes(png(picture(size=(30, 12))))
+    real = cli.supersize
+
+    def flaky(data, *args, **kwargs):
+        if data == broken:
+            raise RuntimeError("decoder surprise")
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "supersize", flaky)
+    assert upscale(tmp_path, "--out", tmp_path / "out", "--model", tiny_model_dir) == 1
+    output = capsys.readouterr().out
+    assert "1 written, 1 failed:" in output
+    assert "internal_error: RuntimeError: decoder surprise" in output
+
+
+def test_ctrl_c_exits_130_with_a_short_message(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    (tmp_path / "a.png").write_bytes(png(picture()))
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "attempt", interrupted)
+    assert upscale(tmp_path, "--out", tmp_path / "out", "--model", tiny_model_dir) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_a_file_named_twice_is_done_once(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "a.png").write_bytes(png(picture()))
+    common = ("--out", tmp_path / "out", "--model", tiny_model_dir)
+    assert upscale(tmp_path / "a.png", tmp_path, *common) == 0
+    assert "1 written, 0 failed." in capsys.readouterr().out

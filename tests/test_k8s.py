@@ -1,0 +1,127 @@
+"""The Kubernetes manifests in k8s/: valid offline, and consistent with the app and the load table.
+
+Schemas come bundled with kubernetes-validate (no cluster, no network). Besides shape,
+the tests check what a schema cannot: probes hit endpoints the app really serves, the
+resources are those benchmarks/load.json derives from measurements, every SSM_* variable
+is one the service reads, and the grace period covers gunicorn's graceful timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import runpy
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from supersizeme.config import REPO_ROOT
+
+K8S = REPO_ROOT / "k8s"
+# The oldest release the manifests claim (preStop "sleep" is on by default from 1.30)
+# and the newest the package knows.
+VERSIONS = ["1.30", "1.37"]
+
+
+def documents() -> list[dict]:
+    return [
+        doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text())
+    ]
+
+
+def of_kind(kind: str) -> dict:
+    (found,) = [doc for doc in documents() if doc["kind"] == kind]
+    return found
+
+
+def container() -> dict:
+    (found,) = of_kind("Deployment")["spec"]["template"]["spec"]["containers"]
+    return found
+
+
+def env() -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container()["env"]}
+
+
+def load_sizing() -> dict:
+    return json.loads((REPO_ROOT / "benchmarks" / "load.json").read_text())["sizing"]
+
+
+def mebibytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+def test_the_manifests_hold_the_resources_we_deploy():
+    kinds = sorted(doc["kind"] for doc in documents())
+    assert kinds == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_manifest_is_valid_against_the_strict_schema(version):
+    for doc in documents():
+        # Strict: an unknown (misspelt) field is an error, not silently dropped.
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            where = "/".join(str(part) for part in error.path)
+            pytest.fail(f"{doc['kind']} at {where}: {error.message}", pytrace=False)
+
+
+def test_probes_hit_endpoints_the_app_serves(client):
+    spec = container()
+    port_names = {port["name"]: port["containerPort"] for port in spec["ports"]}
+    assert env()["SSM_BIND"].rsplit(":", 1)[1] == str(port_names["http"])
+    probes = {name: spec[name] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
+    for name, probe in probes.items():
+        assert probe["httpGet"]["port"] in port_names, name
+        response = client.get(probe["httpGet"]["path"])
+        assert response.status_code == 200, (name, response.get_data(as_text=True))
+    # Liveness must not depend on the model: a worker busy loading is alive.
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_resources_follow_the_load_table():
+    sizing = load_sizing()
+    resources = container()["resources"]
+    assert int(env()["SSM_WORKERS"]) == sizing["workers"]
+    assert mebibytes(resources["requests"]["memory"]) == sizing["memory_request_mib"]
+    assert mebibytes(resources["limits"]["memory"]) == sizing["memory_limit_mib"]
+    assert float(resources["requests"]["cpu"]) == sizing["cpu_request"]
+    assert float(resources["limits"]["cpu"]) == sizing["cpu_limit"]
+    # One TensorFlow thread per core a worker owns.
+    assert int(env()["SSM_TF_THREADS"]) * sizing["workers"] == sizing["cpu_limit"]
+
+
+def test_every_setting_is_one_the_service_reads():
+    sources = (REPO_ROOT / "supersizeme" / "config.py").read_text() + (
+        REPO_ROOT / "gunicorn.conf.py"
+    ).read_text()
+    for name in env():
+        assert name.startswith("SSM_"), name
+        assert f'"{name}"' in sources, f"{name} is read by neither config.py nor gunicorn.conf.py"
+
+
+def test_grace_period_covers_the_graceful_timeout(monkeypatch):
+    for name, value in env().items():
+        monkeypatch.setenv(name, value)
+    server = runpy.run_path(str(REPO_ROOT / "gunicorn.conf.py"))
+    pod = of_kind("Deployment")["spec"]["template"]["spec"]
+    pause = container()["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] >= server["graceful_timeout"] + pause
+
+
+def test_service_autoscaler_and_budget_point_at_the_deployment():
+    deployment = of_kind("Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    service = of_kind("Service")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    target = of_kind("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert of_kind("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= (
+        labels.items()
+    )

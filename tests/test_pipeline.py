@@ -1,0 +1,144 @@
+"""The served path of supersizeme/pipeline.py: scales, formats and refusals, with real bytes.
+
+A stand-in network (nearest-neighbour x2, recording its calls) shows what the pipeline
+does around the network; tests/test_api.py runs the same path with the tiny RDN.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from imagefactory import gradient, grey_profile, jpeg, png, reopened
+from PIL import Image
+
+from supersizeme.images import ImageRejected, Limits
+from supersizeme.pipeline import Timings, output_name, progressive, supersize, upscale_alpha
+
+
+class NearestX2:
+    """Doubles each side by repeating pixels, and remembers what it was given."""
+
+    def __init__(self, factor: int = 2):
+        self.factor = factor
+        self.calls: list[tuple[np.ndarray, float | None]] = []
+
+    def __call__(self, rgb: np.ndarray, deadline: float | None) -> np.ndarray:
+        self.calls.append((rgb.copy(), deadline))
+        return rgb.repeat(self.factor, axis=0).repeat(self.factor, axis=1)
+
+
+def photo(mode: str = "RGB", size: tuple[int, int] = (20, 12)) -> Image.Image:
+    return Image.fromarray(gradient(*size)).convert(mode)
+
+
+def with_transparency(image: Image.Image) -> Image.Image:
+    alpha = np.full((image.height, image.width), 255, np.uint8)
+    alpha[:, : image.width // 2] = 0
+    image = image.convert("RGBA")
+    image.putalpha(Image.fromarray(alpha))
+    return image
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("image_format", ["png", "webp", "jpeg"])
+def test_each_scale_and_format_gives_the_right_size_and_format(scale, image_format):
+    network = NearestX2()
+    data, timings = supersize(png(photo()), network, scale, Limits(), image_format=image_format)
+    result = reopened(data)
+    assert result.format == {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}[image_format]
+    assert result.size == (20 * scale, 12 * scale)
+    assert len(network.calls) == scale // 2
+    assert timings.inference > 0 and timings.encode > 0
+
+
+def test_x4_runs_the_network_on_its_own_clipped_x2_output_with_one_deadline():
+    network = NearestX2()
+    rgb = np.full((6, 8, 3), 0.5, np.float32)
+    rgb[0, 0] = 1.4  # the network may overshoot; the second pass must not see it
+    deadline = time.monotonic() + 60
+    result = progressive(rgb, network, 4, deadline)
+    assert result.shape == (24, 32, 3)
+    (first, first_deadline), (second, second_deadline) = network.calls
+    assert first.shape == (6, 8, 3) and second.shape == (12, 16, 3)
+    assert first[0, 0, 0] == pytest.approx(1.4) and second.max() == 1.0
+    assert first_deadline == second_deadline == deadline
+
+
+def test_a_network_that_cannot_make_the_scale_is_an_error_not_a_wrong_size():
+    with pytest.raises(ValueError, match="x2"):
+        progressive(np.zeros((4, 4, 3), np.float32), NearestX2(factor=3), 2, None)
+
+
+def test_alpha_goes_to_the_final_size_in_one_bicubic_resize():
+    alpha = np.zeros((10, 10), np.float32)
+    alpha[:, 5:] = 1.0
+    enlarged = upscale_alpha(alpha, 4)
+    assert enlarged.shape == (40, 40)
+    assert enlarged[:, :16].max() < 0.1 and enlarged[:, 24:].min() > 0.9
+
+
+def test_x4_keeps_transparency_in_png_and_webp():
+    for image_format in ("png", "webp"):
+        data, _ = supersize(
+            png(with_transparency(photo())), NearestX2(), 4, Limits(), image_format=image_format
+        )
+        result = np.asarray(reopened(data))
+        assert result.shape == (48, 80, 4)
+        # The edge is at column 40; bicubic reaches 2 input pixels (8 output) either side.
+        assert result[:, :32, 3].max() == 0 and result[:, 48:, 3].min() == 255
+
+
+def test_transparency_and_jpeg_is_refused_before_the_network_runs():
+    network = NearestX2()
+    with pytest.raises(ImageRejected) as caught:
+        supersize(png(with_transparency(photo())), network, 2, Limits(), image_format="jpeg")
+    error = caught.value
+    assert (error.status, error.code) == (422, "format_cannot_carry_alpha")
+    assert "png or webp" in error.message
+    assert network.calls == []
+
+
+def test_an_opaque_alpha_channel_is_dropped_for_jpeg():
+    data, _ = supersize(png(photo("RGBA")), NearestX2(), 2, Limits(), image_format="jpeg")
+    assert reopened(data).mode == "RGB"
+
+
+def test_x4_pixel_cap_is_a_fifth_and_named_in_the_refusal():
+    network = NearestX2()
+    data = png(photo(size=(40, 30)))  # 1,200 pixels
+    limits = Limits(max_pixels=5_000)
+    assert len(supersize(data, network, 2, limits)[0]) > 0
+    with pytest.raises(ImageRejected) as caught:
+        supersize(data, network, 4, limits)
+    error = caught.value
+    assert (error.status, error.code) == (422, "too_many_pixels")
+    assert "x4" in error.message and "1,000" in error.message and "5,000" in error.message
+    assert len(network.calls) == 1  # only the x2 request ran
+
+
+def test_output_too_wide_for_webp_is_refused_before_the_network_runs():
+    network = NearestX2()
+    data = png(photo(size=(4100, 8)))
+    with pytest.raises(ImageRejected) as caught:
+        supersize(data, network, 4, Limits(), image_format="webp")
+    assert (caught.value.status, caught.value.code) == (422, "too_large_for_format")
+    assert "16,383" in caught.value.message and "16400x32" in caught.value.message
+    assert network.calls == []
+    assert reopened(supersize(data, network, 4, Limits())[0]).size == (16400, 32)
+
+
+def test_grey_jpeg_stays_grey_and_keeps_its_profile():
+    data = jpeg(photo("L"), icc_profile=grey_profile())
+    result = reopened(supersize(data, NearestX2(), 4, Limits(), image_format="jpeg")[0])
+    assert result.mode == "L" and result.info["icc_profile"] == grey_profile()
+
+
+def test_output_name():
+    assert output_name("holiday", 4, "webp") == "holiday-x4.webp"
+
+
+def test_server_timing_lists_the_three_stages():
+    timings = Timings(decode=0.001, inference=2.5, encode=0.25)
+    assert timings.server_timing() == "decode;dur=1.0, inference;dur=2500.0, encode;dur=250.0"

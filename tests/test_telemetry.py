@@ -1,0 +1,149 @@
+"""Metrics and request log lines of supersizeme/telemetry.py, through the Flask test client.
+
+The multiprocess side (several gunicorn workers adding up) is in test_resilience.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+
+from imagefactory import gradient, png
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from supersizeme.admission import InferenceGate
+
+SMALL = png(Image.fromarray(gradient(40, 30)))
+GIF = b"GIF89a" + bytes(100)
+CORRUPT = SMALL[:60]
+
+
+def scrape(client) -> dict[tuple[str, frozenset], float]:
+    """Every sample of /metrics, keyed by its name and its labels."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.get_data(as_text=True))
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, series: str, **labels: str) -> float:
+    return samples.get((series, frozenset(labels.items())), 0.0)
+
+
+def post(client, data: bytes, query: str = ""):
+    return client.post(f"/supersizeme/{query}", data=data, content_type="image/png")
+
+
+def test_a_known_sequence_gives_exact_counts(app, client):
+    for _ in range(3):
+        assert post(client, SMALL).status_code == 200
+    for _ in range(2):
+        assert post(client, GIF).status_code == 415
+    assert post(client, CORRUPT).status_code == 422
+    assert client.get("/nope").status_code == 404
+    app.config["DEADLINE_SECONDS"] = 0.0
+    assert post(client, SMALL).status_code == 503  # decoded, then out of time
+    app.config["DEADLINE_SECONDS"] = 60.0
+    scrape(client)  # scrapes count nowhere
+
+    samples = scrape(client)
+    upscale = "/supersizeme/"
+    assert value(samples, "ssm_requests_total", endpoint=upscale, status="200") == 3
+    assert value(samples, "ssm_requests_total", endpoint=upscale, status="415") == 2
+    assert value(samples, "ssm_requests_total", endpoint=upscale, status="422") == 1
+    assert value(samples, "ssm_requests_total", endpoint=upscale, status="503") == 1
+    assert value(samples, "ssm_requests_total", endpoint="unmatched", status="404") == 1
+    assert not [key for key in samples if ("endpoint", "/metrics") in key[1]]
+
+    assert value(samples, "ssm_rejected_requests_total", reason="unsupported_media_type") == 2
+    assert value(samples, "ssm_rejected_requests_total", reason="corrupt_image") == 1
+    assert value(samples, "ssm_rejected_requests_total", reason="deadline_exceeded") == 1
+    assert value(samples, "ssm_rejected_requests_total", reason="not_found") == 1
+
+    assert value(samples, "ssm_request_duration_seconds_count", endpoint=upscale) == 7
+    # Four images were decoded; only the three that finished were run and encoded.
+    assert value(samples, "ssm_stage_duration_seconds_count", stage="decode") == 4
+    assert value(samples, "ssm_stage_duration_seconds_count", stage="inference") == 3
+    assert value(samples, "ssm_stage_duration_seconds_count", stage="encode") == 3
+    assert value(samples, "ssm_input_pixels_count") == 4
+    assert value(samples, "ssm_input_pixels_sum") == 4 * 40 * 30
+    # 1200 pixels fall under the first bound.
+    assert value(samples, "ssm_input_pixels_bucket", le="16384.0") == 4
+
+    assert value(samples, "ssm_requests_in_flight") == 0
+    model = {"name": "rdn-C1-D1-G4-G04-x2", "parameters": "unknown", "precision": "float32"}
+    assert value(samples, "ssm_model_info", **model) == 1
+
+
+def test_each_app_counts_on_its_own(app, client, tiny_model_dir):
+    from supersizeme import create_app
+
+    assert post(client, SMALL).status_code == 200
+    other = create_app({"TESTING": True, "MODEL_DIR": str(tiny_model_dir)}).test_client()
+    samples = scrape(other)
+    assert value(samples, "ssm_requests_total", endpoint="/supersizeme/", status="200") == 0
+
+
+def test_requests_in_flight_counts_a_waiting_upload(app, client):
+    gate = InferenceGate(max_waiting=1)
+    app.extensions["supersizeme.gate"] = gate
+    statuses = []
+    with gate.turn(time.monotonic() + 30):
+        waiter = threading.Thread(target=lambda: statuses.append(post(client, SMALL).status_code))
+        waiter.start()
+        for _ in range(200):
+            if value(scrape(client), "ssm_requests_in_flight") == 1:
+                break
+            time.sleep(0.05)
+        assert value(scrape(client), "ssm_requests_in_flight") == 1
+    waiter.join(30)
+    assert statuses == [200]
+    assert value(scrape(client), "ssm_requests_in_flight") == 0
+
+
+def request_lines(caplog) -> list[dict]:
+    lines = [r for r in caplog.records if r.name == "supersizeme.requests"]
+    assert all("\n" not in r.getMessage() for r in lines)
+    return [json.loads(r.getMessage()) for r in lines]
+
+
+def test_one_json_line_per_request_with_its_fields(client, caplog):
+    caplog.set_level(logging.INFO, logger="supersizeme.requests")
+    ok = post(client, SMALL, "?scale=2")
+    refused = post(client, CORRUPT)
+    health = client.get("/healthz")
+
+    first, second, third = request_lines(caplog)
+    assert first["request_id"] == ok.headers["X-Request-ID"]
+    assert (first["method"], first["path"], first["query"]) == ("POST", "/supersizeme/", "scale=2")
+    assert first["status"] == 200 and first["error"] is None
+    assert first["bytes_in"] == len(SMALL) and first["bytes_out"] == len(ok.data)
+    assert (first["width"], first["height"], first["pixels"]) == (40, 30, 1200)
+    stages = [first[key] for key in ("decode_s", "inference_s", "encode_s")]
+    assert all(seconds > 0 for seconds in stages)
+    assert first["total_s"] >= sum(stages) - 0.001  # each is rounded to 0.1 ms
+    assert first["pid"] == os.getpid()
+
+    assert second["request_id"] == refused.headers["X-Request-ID"]
+    assert second["status"] == 422 and second["error"] == "corrupt_image"
+    assert second["detail"]  # the decoder's complaint, kept out of the answer
+    assert second["detail"] not in refused.get_data(as_text=True)
+    assert second["width"] is None and "inference_s" not in second
+
+    assert third["path"] == "/healthz" and third["status"] == 200
+    assert third["bytes_out"] == len(health.data)
+
+
+def test_a_hostile_path_stays_on_one_line(client, caplog):
+    caplog.set_level(logging.INFO, logger="supersizeme.requests")
+    client.get("/x%0A{%22status%22:200}")
+    (line,) = request_lines(caplog)
+    assert line["path"] == '/x\n{"status":200}' and line["status"] == 404
