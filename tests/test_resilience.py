@@ -22,7 +22,7 @@ import pytest
 from gunicorn_server import request, running_gunicorn
 from imagefactory import gradient, png
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_text import parse_samples, value
 
 UPSCALE = "/supersizeme/"
 GIF = b"GIF89a" + bytes(100)
@@ -35,15 +35,7 @@ def picture(width: int, height: int) -> bytes:
 def scrape(port: int) -> dict[tuple[str, frozenset], float]:
     status, _, body = request(port, "GET", "/metrics")
     assert status == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
-
-
-def value(samples: dict, series: str, **labels: str) -> float:
-    return samples.get((series, frozenset(labels.items())), 0.0)
+    return parse_samples(body.decode())
 
 
 def request_lines(log_text: str) -> list[dict]:

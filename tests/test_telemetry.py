@@ -13,7 +13,7 @@ import time
 
 from imagefactory import gradient, png
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_text import parse_samples, value
 
 from supersizeme.admission import InferenceGate
 
@@ -27,15 +27,7 @@ def scrape(client) -> dict[tuple[str, frozenset], float]:
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.get_data(as_text=True))
-        for sample in family.samples
-    }
-
-
-def value(samples: dict, series: str, **labels: str) -> float:
-    return samples.get((series, frozenset(labels.items())), 0.0)
+    return parse_samples(response.get_data(as_text=True))
 
 
 def post(client, data: bytes, query: str = ""):
