@@ -15,7 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from io import BytesIO
 
 import pytest
@@ -104,27 +106,46 @@ def pids_serving(server, path: str) -> set[int]:
     return {line["pid"] for line in request_lines(server.log_text()) if line["path"] == path}
 
 
+@contextmanager
+def only_worker(server, pid: int) -> Iterator[None]:
+    """The other workers paused (SIGSTOP), so that every new connection goes to ``pid``.
+
+    The kernel hands a shared listening socket's connections to whichever worker asks
+    first, and one idle worker may well take them all; a paused one cannot ask.
+    """
+    others = server.worker_pids() - {pid}
+    for other in others:
+        os.kill(other, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for other in others:
+            os.kill(other, signal.SIGCONT)
+
+
 def test_metrics_add_up_over_workers_and_survive_a_dead_worker(two_workers):
     server, port = two_workers, two_workers.port
     small = picture(40, 30)
     batch = [small] * 4 + [GIF] * 2 + [small[:60]] * 2
-    sent = 0
-    # Concurrent batches until both workers have served uploads, so that the totals below
-    # can only come out right if /metrics adds the workers up.
+    workers = sorted(server.worker_pids())
+    assert len(workers) == 2
+    # One concurrent batch served by each worker, so that the totals below can only come
+    # out right if /metrics adds the workers up.
     with ThreadPoolExecutor(len(batch)) as pool:
-        while len(pids_serving(server, UPSCALE)) < 2:
-            assert sent < 20, "one worker took every upload"
-            statuses = list(pool.map(lambda body: request(port, "POST", UPSCALE, body)[0], batch))
+        for pid in workers:
+            with only_worker(server, pid):
+                statuses = list(
+                    pool.map(lambda body: request(port, "POST", UPSCALE, body)[0], batch)
+                )
             assert statuses == [200] * 4 + [415] * 2 + [422] * 2
-            sent += 1
-    expected = expected_totals(ok=4 * sent, unsupported=2 * sent, corrupt=2 * sent)
+    assert pids_serving(server, UPSCALE) == set(workers)
+    expected = expected_totals(ok=4 * 2, unsupported=2 * 2, corrupt=2 * 2)
 
-    # Each scrape lands on one worker or the other; every one must show the same totals.
-    scrapes = 0
-    while len(pids_serving(server, "/metrics")) < 2:
-        assert scrapes < 60, "every scrape landed on the same worker"
-        assert observed(scrape(port), expected) == expected
-        scrapes += 1
+    # Each worker answers /metrics from the shared files: both must show the same totals.
+    for pid in workers:
+        with only_worker(server, pid):
+            assert observed(scrape(port), expected) == expected
+    assert pids_serving(server, "/metrics") == set(workers)
     samples = scrape(port)
     (model,) = [key for key in samples if key[0] == "ssm_model_info"]
     assert samples[model] == 1 and ("name", "rdn-C1-D1-G4-G04-x2") in model[1]
