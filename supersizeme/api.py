@@ -170,8 +170,10 @@ def read_upload() -> bytes:
         else:
             if request.content_length is not None and request.content_length > max_bytes:
                 raise too_large
-            # Chunked bodies have no Content-Length: read one byte past the limit to tell.
+            # Chunked bodies have no Content-Length: read one byte past the limit to tell,
+            # and let the request log count what actually arrived.
             data = request.stream.read(max_bytes + 1)
+            g.body_bytes = len(data)
     except ClientDisconnected as exc:
         raise incomplete_body(exc) from None
     except (ApiError, HTTPException):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,15 +33,36 @@ if TYPE_CHECKING:
 PRECISIONS = ("float32", "bfloat16")
 
 
+def import_tensorflow() -> ModuleType:
+    """TensorFlow, imported with the process's native stderr muted for the first import.
+
+    TensorFlow 2.21 writes an absl banner and "oneDNN custom operations are on" to file
+    descriptor 2 at import whatever TF_CPP_MIN_LOG_LEVEL says (tensorflow/tensorflow#100442);
+    in the CLI's output and in every worker's log it reads like an error. A failing import
+    still raises as usual once stderr is back.
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return tensorflow
+
+
 def configure_threads(intra_op: int, inter_op: int = 1) -> None:
     """Fix TensorFlow's thread pools; must run before TensorFlow starts any op.
 
     Workers x threads should equal the cores: several workers that each spawn a thread
     per core only fight over the same cores.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
+    tf = import_tensorflow()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op)
         tf.config.threading.set_inter_op_parallelism_threads(inter_op)
@@ -71,7 +94,7 @@ def build_rdn(
     params: RDNParams, precision: str = "float32", patch_size: int | None = None
 ) -> keras.Model:
     """ISR's RDN with these parameters; variables stay float32 in either precision."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tensorflow()
     # ISR's utils module opens a FileHandler on ./log_file at import unless its logger
     # already has a handler: in a read-only working directory (the container runs as an
     # unprivileged user) that import would fail.

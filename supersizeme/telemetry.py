@@ -78,7 +78,11 @@ class RequestRecord:
             status=response.status_code,
             error=g.get("error_code"),
             detail=g.get("error_detail"),
-            bytes_in=request.content_length,
+            bytes_in=(
+                request.content_length
+                if request.content_length is not None
+                else g.get("body_bytes")
+            ),
             bytes_out=response.content_length,
             width=size[0] if size else None,
             height=size[1] if size else None,

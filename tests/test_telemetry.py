@@ -5,6 +5,7 @@ The multiprocess side (several gunicorn workers adding up) is in test_resilience
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -132,6 +133,19 @@ def test_one_json_line_per_request_with_its_fields(client, caplog):
 
     assert third["path"] == "/healthz" and third["status"] == 200
     assert third["bytes_out"] == len(health.data)
+
+
+def test_a_chunked_upload_logs_the_bytes_that_arrived(client, caplog):
+    caplog.set_level(logging.INFO, logger="supersizeme.requests")
+    response = client.post(
+        "/supersizeme/",
+        input_stream=io.BytesIO(SMALL),
+        headers={"Transfer-Encoding": "chunked", "Content-Type": "image/png"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 200
+    (line,) = request_lines(caplog)
+    assert line["bytes_in"] == len(SMALL)
 
 
 def test_a_hostile_path_stays_on_one_line(client, caplog):
