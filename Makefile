@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install install-dev serve test lint browser clean
+.PHONY: install install-dev serve test lint browser clean gpu-bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,5 +48,17 @@ browser:
 test: lint browser
 	$(BIN)/python -m pytest -q
 
+# What gpu/run.sh needs on a GPU machine that has PyTorch but neither Flask nor the data
+# (see README "Training on a GPU machine"): Flask's wheels for its Python 3.12, and the
+# training images with Set5 for the validation read-out. Both folders are git-ignored.
+DATASETS ?= ../shared/datasets
+gpu-bundle: install
+	rm -rf .whl .gpu-data
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp -d .whl flask==3.1.3 blinker==1.9.0 itsdangerous==2.2.0 werkzeug==3.1.9
+	mkdir -p .gpu-data
+	cp -r $(DATASETS)/train .gpu-data/train
+	cp -r $(DATASETS)/benchmark/set5 .gpu-data/set5
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .whl .gpu-data

@@ -62,10 +62,10 @@ _BOOKKEEPING = {"resume", "threads", "checkpoint_every"}
 _ALWAYS = {"data", "out", "C", "D", "G", "G0", "steps"}
 
 
-def train_command(config: dict[str, Any]) -> str:
-    """The ``supersizeme.train`` command line that reproduces ``config``."""
+def train_command(config: dict[str, Any], module: str = "supersizeme.train") -> str:
+    """The command line of ``module`` (either trainer) that reproduces ``config``."""
     defaults = TrainConfig()
-    args = ["python", "-m", "supersizeme.train"]
+    args = ["python", "-m", module]
     for field in dataclasses.fields(TrainConfig):
         if field.name in _BOOKKEEPING or field.name not in config:
             continue
@@ -73,6 +73,11 @@ def train_command(config: dict[str, Any]) -> str:
         if field.name in _ALWAYS or value != getattr(defaults, field.name):
             args += [f"--{field.name.replace('_', '-')}", str(value)]
     return shlex.join(args)
+
+
+def trainer_module(state: dict[str, Any]) -> str:
+    """The module that wrote a checkpoint: only the PyTorch trainer names itself."""
+    return "supersizeme.train_torch" if "trainer" in state else "supersizeme.train"
 
 
 def training_record(
@@ -99,21 +104,25 @@ def training_record(
         "wall_minutes": round(state["seconds"] / 60, 1),
         "hardware": machine,
         "checkpoint": checkpoint,
-        "command": train_command(config),
+        "trainer": state.get("trainer", "tensorflow"),
+        "command": train_command(config, trainer_module(state)),
         "history": note or None,
     }
 
 
 def write_folder(checkpoint: str | Path, out: str | Path, spec: dict[str, Any]) -> ModelFolder:
     """Rebuild the checkpoint's network in float32 and save it as a model folder."""
-    from supersizeme.rdn import build_rdn, save_model_folder
+    from supersizeme.rdn import build_rdn, save_model_folder, set_named_weights
 
     state, weights, _ = read_checkpoint(Path(checkpoint))
     params = RDNParams.from_json(state["params"])
     # Served in float32 whatever the training precision: the variables were float32 all
     # along, only the arithmetic was bfloat16.
     model = build_rdn(params, "float32")
-    model.set_weights(weights)
+    if isinstance(weights, dict):
+        set_named_weights(model, weights)
+    else:
+        model.set_weights(weights)
     return save_model_folder(
         model, params, out, {"parameter_count": int(model.count_params()), **spec}
     )

@@ -118,6 +118,32 @@ def load_rdn(folder: ModelFolder, precision: str = "float32") -> keras.Model:
     return model
 
 
+def _convolutions(model: keras.Model) -> list[keras.layers.Conv2D]:
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+
+
+def named_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    """``{"<layer>/kernel": ..., "<layer>/bias": ...}``: every weight of the RDN, by name."""
+    named = {}
+    for layer in _convolutions(model):
+        named[f"{layer.name}/kernel"], named[f"{layer.name}/bias"] = layer.get_weights()
+    return named
+
+
+def set_named_weights(model: keras.Model, named: dict[str, np.ndarray]) -> None:
+    """Load weights by layer name; a missing, extra or misshapen one is a ValueError."""
+    expected = set(named_weights(model))
+    if set(named) != expected:
+        raise ValueError(
+            f"weights do not fit the network: missing {sorted(expected - set(named))}, "
+            f"unexpected {sorted(set(named) - expected)}"
+        )
+    for layer in _convolutions(model):
+        layer.set_weights([named[f"{layer.name}/kernel"], named[f"{layer.name}/bias"]])
+
+
 def compile_network(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     """A graph-mode forward pass for any input size, traced once.
 

@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,6 +65,9 @@ class TrainConfig:
     seed: int = 1234
     # "fan-in": kernels and biases from U(+-1/sqrt(fan_in)); "isr": ISR's U(+-0.05) for all
     init: str = "fan-in"
+    # a checkpoint (of either trainer) whose weights start this run; its optimizer, step
+    # and schedule are not taken: unlike --resume, batch, patch and the rest may change
+    init_from: str = ""
     # bookkeeping
     out: str = "runs/rdn"
     checkpoint_every: int = 250
@@ -156,56 +160,195 @@ def learning_rate(config: TrainConfig, step: int, seconds: float) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def save_checkpoint(
-    path: Path, model: keras.Model, optimizer: keras.Optimizer, state: dict
-) -> None:
-    arrays = {f"model_{i}": w for i, w in enumerate(model.get_weights())}
-    arrays.update({f"opt_{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
+# Weights are stored by layer name in Keras' layout ("w/F_m1/kernel"), so that a checkpoint
+# written by either trainer (TensorFlow here, PyTorch on a GPU machine) loads into either.
+WEIGHT_PREFIX = "w/"
+Weights = dict[str, np.ndarray] | list[np.ndarray]
+
+
+def write_checkpoint(path: Path, state: dict, arrays: dict[str, np.ndarray]) -> None:
+    """``state`` as JSON plus named arrays, written atomically (a kill never leaves half)."""
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, meta=np.array(json.dumps(state)), **arrays)
     os.replace(tmp, path)
 
 
-def read_checkpoint(path: Path) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
-    """(state, model weights, optimizer variables) of a checkpoint written by this module."""
+def save_checkpoint(
+    path: Path, model: keras.Model, optimizer: keras.Optimizer, state: dict
+) -> None:
+    from supersizeme.rdn import named_weights
+
+    arrays = {WEIGHT_PREFIX + name: w for name, w in named_weights(model).items()}
+    arrays.update({f"opt_{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
+    write_checkpoint(path, state, arrays)
+
+
+def read_checkpoint(path: Path) -> tuple[dict, Weights, list[np.ndarray]]:
+    """(state, weights, TensorFlow optimizer variables) of a checkpoint of either trainer.
+
+    Weights come by layer name; checkpoints written before names were kept hold them in
+    Keras' ``get_weights()`` order, and come back as that list.
+    """
     with np.load(path, allow_pickle=False) as data:
         state = json.loads(str(data["meta"]))
         # Checkpoints from before the --init option were initialised the ISR way.
         state["config"].setdefault("init", "isr")
-        model = [data[f"model_{i}"] for i in range(sum(k.startswith("model_") for k in data))]
+        named = {
+            k.removeprefix(WEIGHT_PREFIX): data[k] for k in data if k.startswith(WEIGHT_PREFIX)
+        }
+        listed = [data[f"model_{i}"] for i in range(sum(k.startswith("model_") for k in data))]
         opt = [data[f"opt_{i}"] for i in range(sum(k.startswith("opt_") for k in data))]
-    return state, model, opt
+    return state, named or listed, opt
 
 
-def validate(model: keras.Model, pairs: list[tuple[np.ndarray, np.ndarray]], scale: int) -> float:
-    """Mean Y-PSNR of whole-image predictions (a read-out; the evaluate module is the judge)."""
+def validate(
+    predict: Callable[[np.ndarray], np.ndarray],
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+    scale: int,
+) -> float:
+    """Mean Y-PSNR of whole-image predictions (a read-out; the evaluate module is the judge).
+
+    ``predict`` maps a (1, h, w, 3) float batch in [0, 1] to its (1, H, W, 3) enlargement.
+    """
     from supersizeme.metrics import y_psnr_ssim
 
     scores = []
     for hr, lr in pairs:
-        sr = model(lr[None].astype(np.float32) / 255.0, training=False)
+        sr = predict(lr[None].astype(np.float32) / 255.0)
         sr = np.clip(np.rint(np.asarray(sr[0], np.float32) * 255.0), 0, 255)
         scores.append(y_psnr_ssim(hr, sr, border=scale)[0])
     return float(np.mean(scores))
 
 
-def train(config: TrainConfig) -> Path:
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "ckpt.npz"
-    saved = read_checkpoint(ckpt_path) if config.resume and ckpt_path.exists() else None
-    if saved:
-        # The checkpoint's architecture wins; a changed step count or budget extends the run.
-        state = saved[0]
-        keep = {
-            k: v
-            for k, v in state["config"].items()
-            if k in ("C", "D", "G", "G0", "scale", "precision", "patch", "batch", "seed", "init")
+class Run:
+    """What both trainers share: the resumed state, the decoded data and the loop itself.
+
+    A trainer supplies the network's part: one optimisation step, a checkpoint writer
+    and (optionally) a forward pass for the validation read-out.
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path = self.out / "ckpt.npz"
+        self.resumed = config.resume and self.ckpt_path.exists()
+        # (state, weights, TensorFlow optimizer variables) to start from, if any
+        self.saved: tuple[dict, Weights, list[np.ndarray]] | None = None
+        if self.resumed:
+            self.saved = read_checkpoint(self.ckpt_path)
+            # The checkpoint's architecture wins; a changed step count or budget extends the run.
+            kept = {k: v for k, v in self.saved[0]["config"].items() if k in _FIXED_BY_CHECKPOINT}
+            config = dataclasses.replace(config, **kept)
+        elif config.init_from:
+            state, weights, _ = read_checkpoint(Path(config.init_from))
+            if state["params"] != config.params.to_json():
+                raise SystemExit(f"--init-from {config.init_from} holds {state['params']}")
+            self.saved = (state, weights, [])
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.step, self.seconds, self.losses = 0, 0.0, []
+        self.pairs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def restore_progress(self) -> None:
+        """Step, seconds, losses and the data RNG of the checkpoint being resumed."""
+        if self.saved and self.resumed:
+            state = self.saved[0]
+            self.rng.bit_generator.state = state["rng"]
+            self.step, self.seconds = state["step"], state["seconds"]
+            self.losses = state.get("losses", [])
+            print(f"resumed {self.ckpt_path} at step {self.step} ({self.seconds / 60:.1f} min)")
+        elif self.saved:
+            print(f"weights from {self.config.init_from}; a fresh optimizer and schedule")
+
+    def state(self) -> dict:
+        return {
+            "config": dataclasses.asdict(self.config),
+            "params": self.config.params.to_json(),
+            "step": self.step,
+            "seconds": self.seconds,
+            "rng": self.rng.bit_generator.state,
+            "losses": self.losses[-1000:],
         }
-        config = dataclasses.replace(config, **keep)
+
+    def loop(
+        self,
+        take_step: Callable[[np.ndarray, np.ndarray, float], float],
+        checkpoint: Callable[[], None],
+        predict: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        """Sample, step, log, checkpoint and validate until the steps or the budget run out.
+
+        ``take_step(lr_batch, hr_batch, learning_rate)`` returns the batch's loss.
+        """
+        from tqdm import tqdm
+
+        config = self.config
+        self.pairs = load_image_pairs(config.data, config.scale, config.patch)
+        areas = [
+            (lr.shape[0] - config.patch + 1) * (lr.shape[1] - config.patch + 1)
+            for _, lr in self.pairs
+        ]
+        weights = np.array(areas, float) / sum(areas)
+        val_pairs = load_image_pairs(config.val, config.scale, 1) if config.val else []
+        print(f"{config.params.name}: {len(self.pairs)} training images", flush=True)
+
+        def stop(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        # A background run ignores Ctrl-C; SIGTERM (kill) then stops it with a checkpoint.
+        signal.signal(signal.SIGTERM, stop)
+        bar = tqdm(
+            total=config.steps,
+            initial=self.step,
+            mininterval=10,
+            dynamic_ncols=True,
+            file=sys.stdout,
+        )
+        budget = config.minutes * 60 if config.minutes > 0 else math.inf
+        try:
+            while self.step < config.steps and self.seconds < budget:
+                started = time.perf_counter()
+                lr_value = learning_rate(config, self.step, self.seconds)
+                lr_batch, hr_batch = sample_batch(
+                    self.rng, self.pairs, weights, config.batch, config.patch, config.scale
+                )
+                loss = take_step(lr_batch, hr_batch, lr_value)
+                self.seconds += time.perf_counter() - started
+                self.step += 1
+                self.losses.append(loss)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{np.mean(self.losses[-50:]):.4f}",
+                    lr=f"{lr_value:.1e}",
+                    pps=f"{config.batch * self.step / max(self.seconds, 1e-9):.1f}",
+                    refresh=False,
+                )
+                if self.step % config.checkpoint_every == 0:
+                    checkpoint()
+                if predict and val_pairs and self.step % config.eval_every == 0:
+                    score = validate(predict, val_pairs, config.scale)
+                    print(f"\nstep {self.step}: validation Y-PSNR {score:.3f} dB", flush=True)
+        except KeyboardInterrupt:
+            print("\ninterrupted; saving checkpoint", flush=True)
+        finally:
+            bar.close()
+            checkpoint()
+        (self.out / "params.json").write_text(json.dumps(config.params.to_json(), indent=2))
+        print(
+            f"step {self.step}, {self.seconds / 60:.1f} min, "
+            f"last-50 loss {np.mean(self.losses[-50:]):.5f}; checkpoint {self.ckpt_path}"
+        )
+
+
+_FIXED_BY_CHECKPOINT = ("C", "D", "G", "G0", "scale", "precision", "patch", "batch", "seed", "init")
+
+
+def train(config: TrainConfig) -> Path:
+    run = Run(config)
+    config = run.config
 
     from supersizeme.config import cpu_count
-    from supersizeme.rdn import build_rdn, configure_threads
+    from supersizeme.rdn import build_rdn, configure_threads, set_named_weights
 
     # cpu_count() honours taskset and container quotas, so two runs can share a machine.
     configure_threads(config.threads or cpu_count())
@@ -218,27 +361,18 @@ def train(config: TrainConfig) -> Path:
         scale_init_to_fan_in(model)
     optimizer = keras.optimizers.Adam(learning_rate=config.lr)
     optimizer.build(model.trainable_variables)
-    rng = np.random.default_rng(config.seed)
-    step, seconds = 0, 0.0
-    if saved:
-        state, weights, opt_vars = saved
-        model.set_weights(weights)
-        for variable, value in zip(optimizer.variables, opt_vars, strict=True):
-            variable.assign(value)
-        rng.bit_generator.state = state["rng"]
-        step, seconds = state["step"], state["seconds"]
-        print(f"resumed {ckpt_path} at step {step} ({seconds / 60:.1f} min trained)")
-
-    pairs = load_image_pairs(config.data, config.scale, config.patch)
-    areas = np.array(
-        [(lr.shape[0] - config.patch + 1) * (lr.shape[1] - config.patch + 1) for _, lr in pairs],
-        float,
-    )
-    weights = areas / areas.sum()
-    val_pairs = load_image_pairs(config.val, config.scale, 1) if config.val else []
-    print(
-        f"{config.params.name}: {model.count_params():,} parameters, {len(pairs)} training images"
-    )
+    if run.saved:
+        _, weights, opt_vars = run.saved
+        if isinstance(weights, dict):
+            set_named_weights(model, weights)
+        else:
+            model.set_weights(weights)
+        # A checkpoint from the PyTorch trainer carries no Keras optimizer: Adam starts afresh.
+        if opt_vars:
+            for variable, value in zip(optimizer.variables, opt_vars, strict=True):
+                variable.assign(value)
+    run.restore_progress()
+    print(f"{model.count_params():,} parameters")
 
     @tf.function
     def train_step(lr_batch: tf.Tensor, hr_batch: tf.Tensor) -> tf.Tensor:
@@ -249,68 +383,17 @@ def train(config: TrainConfig) -> Path:
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
 
-    def checkpoint() -> None:
-        state = {
-            "config": dataclasses.asdict(config),
-            "params": config.params.to_json(),
-            "step": step,
-            "seconds": seconds,
-            "rng": rng.bit_generator.state,
-            "losses": losses[-1000:],
-        }
-        save_checkpoint(ckpt_path, model, optimizer, state)
+    def take_step(lr_batch: np.ndarray, hr_batch: np.ndarray, lr_value: float) -> float:
+        optimizer.learning_rate.assign(lr_value)
+        return float(train_step(lr_batch, hr_batch))
 
-    from tqdm import tqdm
-
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # A background run ignores Ctrl-C; SIGTERM (kill) then stops it with a checkpoint.
-    signal.signal(signal.SIGTERM, stop)
-    losses: list[float] = saved[0].get("losses", []) if saved else []
-    bar = tqdm(
-        total=config.steps, initial=step, mininterval=10, dynamic_ncols=True, file=sys.stdout
+    run.loop(
+        take_step,
+        checkpoint=lambda: save_checkpoint(run.ckpt_path, model, optimizer, run.state()),
+        predict=lambda batch: np.asarray(model(batch, training=False)),
     )
-    budget = config.minutes * 60 if config.minutes > 0 else math.inf
-    try:
-        while step < config.steps and seconds < budget:
-            started = time.perf_counter()
-            lr_value = learning_rate(config, step, seconds)
-            optimizer.learning_rate.assign(lr_value)
-            lr_batch, hr_batch = sample_batch(
-                rng, pairs, weights, config.batch, config.patch, config.scale
-            )
-            loss = float(train_step(lr_batch, hr_batch))
-            seconds += time.perf_counter() - started
-            step += 1
-            losses.append(loss)
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{np.mean(losses[-50:]):.4f}",
-                lr=f"{lr_value:.1e}",
-                pps=f"{config.batch * step / max(seconds, 1e-9):.1f}",
-                refresh=False,
-            )
-            if step % config.checkpoint_every == 0:
-                checkpoint()
-            if val_pairs and step % config.eval_every == 0:
-                print(
-                    f"\nstep {step}: validation Y-PSNR "
-                    f"{validate(model, val_pairs, config.scale):.3f} dB",
-                    flush=True,
-                )
-    except KeyboardInterrupt:
-        print("\ninterrupted; saving checkpoint", flush=True)
-    finally:
-        bar.close()
-        checkpoint()
-    model.save_weights(str(out / "weights.weights.h5"))
-    (out / "params.json").write_text(json.dumps(config.params.to_json(), indent=2))
-    print(
-        f"step {step}, {seconds / 60:.1f} min, "
-        f"last-50 loss {np.mean(losses[-50:]):.5f}; weights in {out}"
-    )
-    return out
+    model.save_weights(str(run.out / "weights.weights.h5"))
+    return run.out
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

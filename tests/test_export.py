@@ -64,12 +64,12 @@ def test_folder_files_and_sha(exported):
 
 
 def test_weights_are_the_checkpoints(exported, checkpoint):
-    from supersizeme.rdn import load_rdn
+    from supersizeme.rdn import load_rdn, named_weights
 
     _, weights, _ = read_checkpoint(checkpoint[0])
-    loaded = load_rdn(exported[0]).get_weights()
-    assert len(loaded) == len(weights)
-    assert all(np.array_equal(a, b) for a, b in zip(loaded, weights, strict=True))
+    loaded = named_weights(load_rdn(exported[0]))
+    assert loaded.keys() == weights.keys()
+    assert all(np.array_equal(loaded[name], weights[name]) for name in weights)
 
 
 def test_training_record(exported):

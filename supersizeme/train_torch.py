@@ -1,0 +1,138 @@
+"""The same training run in PyTorch, for the GPU machines that have no TensorFlow.
+
+    python -m supersizeme.train_torch --data data/train --val data/set5 --out runs/gpu \\
+        --C 3 --D 6 --G 32 --G0 32 --batch 32 --lr 3e-4 --steps 60000 --minutes 9
+
+Same options, data, sampling, schedule, loss and checkpoint file as ``supersizeme.train``
+(the loop is shared); only the network step runs in PyTorch, on CUDA when there is one.
+The checkpoint keeps the weights by layer name in Keras' layout, so
+``python -m supersizeme.export --checkpoint <out>/ckpt.npz`` turns it into a served model
+folder on a machine with TensorFlow, and ``supersizeme.train --resume`` can carry on from
+it there. ``--resume`` here also starts from a TensorFlow checkpoint's weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from supersizeme.torch_rdn import TorchRDN, from_keras_kernel, to_keras_kernel
+from supersizeme.train import WEIGHT_PREFIX, Run, TrainConfig, parse_args, write_checkpoint
+
+ADAM_PREFIXES = {"exp_avg": "adam_m/", "exp_avg_sq": "adam_v/"}
+
+
+def isr_init(model: TorchRDN) -> None:
+    """ISR's U(+-0.05) for every kernel and bias; PyTorch's default is already fan-in."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.uniform_(-0.05, 0.05)
+
+
+def keras_layout(name: str, tensor: torch.Tensor) -> np.ndarray:
+    array = tensor.detach().float().cpu().numpy()
+    return to_keras_kernel(array) if name.endswith("kernel") else array
+
+
+def torch_layout(name: str, array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(from_keras_kernel(array) if name.endswith("kernel") else array)
+
+
+def named_parameters(model: TorchRDN) -> dict[str, torch.nn.Parameter]:
+    """``{"F_m1/kernel": weight, "F_m1/bias": bias, ...}``: Keras' names for the parameters."""
+    return {
+        f"{layer}/{'kernel' if kind == 'weight' else 'bias'}": parameter
+        for layer, conv in model.layers.items()
+        for kind, parameter in conv.named_parameters()
+    }
+
+
+def train(config: TrainConfig) -> Path:
+    run = Run(config)
+    config = run.config
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    torch.backends.cudnn.benchmark = True  # one patch size all run long
+    model = TorchRDN(config.params)
+    if config.init == "isr":
+        isr_init(model)
+    model = model.to(device, memory_format=torch.channels_last)
+    params = named_parameters(model)
+    optimizer = torch.optim.Adam(params.values(), lr=config.lr)
+
+    if run.saved:
+        state, weights, _ = run.saved
+        if not isinstance(weights, dict):
+            raise SystemExit("that checkpoint keeps no layer names: carry it on with TensorFlow")
+        with torch.no_grad():
+            for name, parameter in params.items():
+                parameter.copy_(torch_layout(name, weights[name]))
+    if run.resumed:
+        with np.load(run.ckpt_path) as data:
+            # Our own checkpoint: Adam carries on (after TensorFlow's, it starts afresh).
+            if "adam_m/F_m1/kernel" in data:
+                for name, parameter in params.items():
+                    optimizer.state[parameter] = {
+                        "step": torch.tensor(float(state["adam_step"])),
+                        **{
+                            key: torch_layout(name, data[prefix + name]).to(device)
+                            for key, prefix in ADAM_PREFIXES.items()
+                        },
+                    }
+    run.restore_progress()
+    print(f"{sum(p.numel() for p in params.values()):,} parameters on {device}", flush=True)
+
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"
+    )
+
+    def to_device(batch: np.ndarray) -> torch.Tensor:
+        nchw = torch.from_numpy(batch).permute(0, 3, 1, 2)
+        return nchw.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+    def take_step(lr_batch: np.ndarray, hr_batch: np.ndarray, lr_value: float) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_value
+        with autocast:
+            sr = model(to_device(lr_batch))
+        loss = torch.mean(torch.abs(sr.float() - to_device(hr_batch)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with autocast:
+            sr = model(to_device(batch))
+        return sr.float().permute(0, 2, 3, 1).cpu().numpy()
+
+    def checkpoint() -> None:
+        arrays = {WEIGHT_PREFIX + n: keras_layout(n, p) for n, p in params.items()}
+        steps = []
+        for name, parameter in params.items():
+            moments = optimizer.state.get(parameter)
+            if moments:
+                steps.append(int(moments["step"]))
+                for key, prefix in ADAM_PREFIXES.items():
+                    arrays[prefix + name] = keras_layout(name, moments[key])
+        state = run.state()
+        state["adam_step"] = steps[0] if steps else 0
+        state["trainer"] = f"pytorch {torch.__version__} on {device_name(device)}"
+        write_checkpoint(run.ckpt_path, state, arrays)
+
+    model.train()
+    run.loop(take_step, checkpoint, predict)
+    return run.out
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+if __name__ == "__main__":
+    train(parse_args())
