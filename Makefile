@@ -49,13 +49,15 @@ test: lint browser
 	$(BIN)/python -m pytest -q
 
 # What gpu/run.sh needs on a GPU machine that has PyTorch but neither Flask nor the data
-# (see README "Training on a GPU machine"): Flask's wheels for its Python 3.12, and the
+# (see README "Training on a GPU machine"): Flask and all it needs as wheels for its
+# Python 3.12 (what the machine has of them is not relied on), and the
 # training images with Set5 for the validation read-out. Both folders are git-ignored.
 DATASETS ?= ../shared/datasets
 gpu-bundle: install
 	rm -rf .whl .gpu-data
 	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-	  --implementation cp -d .whl flask==3.1.3 blinker==1.9.0 itsdangerous==2.2.0 werkzeug==3.1.9
+	  --implementation cp -d .whl flask==3.1.3 blinker==1.9.0 itsdangerous==2.2.0 \
+	  werkzeug==3.1.9 click==8.5.1 jinja2==3.1.6 markupsafe==3.0.4
 	mkdir -p .gpu-data
 	cp -r $(DATASETS)/train .gpu-data/train
 	cp -r $(DATASETS)/benchmark/set5 .gpu-data/set5

@@ -5,7 +5,7 @@
 # package imports Flask; the training images and Set5 in .gpu-data/), then run there by
 # the device tool with carry [".whl", ".gpu-data"]:
 #
-#     bash gpu/run.sh --C 3 --D 6 --G 32 --G0 32 --batch 32 --lr 3e-4 --steps 100000 --minutes 8
+#     bash gpu/run.sh --C 3 --D 6 --G 32 --G0 32 --batch 32 --lr 3e-4 --steps 100000 --minutes 7
 #
 # Any supersizeme.train option may follow. The checkpoint and the log land in $OUT/run and
 # $OUT/train.log; `python -m supersizeme.export --checkpoint <that ckpt.npz>` makes the

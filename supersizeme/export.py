@@ -119,10 +119,7 @@ def write_folder(checkpoint: str | Path, out: str | Path, spec: dict[str, Any]) 
     # Served in float32 whatever the training precision: the variables were float32 all
     # along, only the arithmetic was bfloat16.
     model = build_rdn(params, "float32")
-    if isinstance(weights, dict):
-        set_named_weights(model, weights)
-    else:
-        model.set_weights(weights)
+    set_named_weights(model, weights)
     return save_model_folder(
         model, params, out, {"parameter_count": int(model.count_params()), **spec}
     )

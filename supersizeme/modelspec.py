@@ -56,6 +56,19 @@ class RDNParams:
         """
         return 2 + self.D * self.C + 1 + 2 + 1 + 1 + 1
 
+    def convolutions(self, channels: int = 3) -> list[tuple[str, int, int, int]]:
+        """ISR's convolutions as (layer name, in, out, kernel size), in the order Keras
+        lists the network's weights (each layer's kernel, then its bias)."""
+        C, D, G, G0 = self.C, self.D, self.G, self.G0
+        layers = [("F_m1", channels, G0, 3), ("F_0", G0, G0, 3)]
+        for d in range(1, D + 1):
+            layers += [(f"F_{d}_{c}", G0 + (c - 1) * G, G, 3) for c in range(1, C + 1)]
+            layers.append((f"LFF_{d}", G0 + C * G, G0, 1))
+        layers += [("GFF_1", D * G0, G0, 1), ("GFF_2", G0, G0, 3)]
+        layers += [("UPN1", G0, 64, 5), ("UPN2", 64, 32, 3)]
+        layers += [("UPN3", 32, channels * self.scale**2, 3), ("SR", channels, channels, 3)]
+        return layers
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

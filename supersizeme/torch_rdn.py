@@ -1,11 +1,12 @@
 """ISR's RDN rebuilt in PyTorch, layer for layer, for training on a GPU machine.
 
 The GPU machines some sessions are lent have PyTorch and no TensorFlow. This network has
-the same layers as ``ISR.models.RDN`` with ``upscaling="shuffle"`` (same names, same
-order of concatenation, "same" padding, ReLU placement, depth_to_space channel order),
-so its weights copy into the Keras network the server loads by name alone, with each
-kernel transposed from PyTorch's (out, in, height, width) to Keras' (height, width, in,
-out). ``tests/test_torch_rdn.py`` checks that both networks give the same output.
+the same layers as ``ISR.models.RDN`` with ``upscaling="shuffle"`` (``RDNParams.
+convolutions()``: same names and shapes; same order of concatenation, "same" padding,
+ReLU placement and depth_to_space channel order), so its weights copy into the Keras
+network the server loads by name alone, each kernel transposed from PyTorch's (out, in,
+height, width) to Keras' (height, width, in, out). ``tests/test_torch_rdn.py`` checks that
+both networks give the same output.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import torch
 from torch import nn
 
 from supersizeme.modelspec import RDNParams
-
-KERNEL, BIAS = "kernel", "bias"
 
 
 def depth_to_space(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -33,26 +32,15 @@ def depth_to_space(x: torch.Tensor, block: int) -> torch.Tensor:
 
 
 class TorchRDN(nn.Module):
-    def __init__(self, params: RDNParams, channels: int = 3, kernel_size: int = 3) -> None:
+    def __init__(self, params: RDNParams) -> None:
         super().__init__()
         self.params = params
-        C, D, G, G0 = params.C, params.D, params.G, params.G0
-
-        def conv(n_in: int, n_out: int, size: int = kernel_size) -> nn.Conv2d:
-            return nn.Conv2d(n_in, n_out, size, padding=size // 2)
-
-        layers = {"F_m1": conv(channels, G0), "F_0": conv(G0, G0)}
-        for d in range(1, D + 1):
-            for c in range(1, C + 1):
-                layers[f"F_{d}_{c}"] = conv(G0 + (c - 1) * G, G)
-            layers[f"LFF_{d}"] = conv(G0 + C * G, G0, 1)
-        layers["GFF_1"] = conv(D * G0, G0, 1)
-        layers["GFF_2"] = conv(G0, G0)
-        layers["UPN1"] = conv(G0, 64, 5)
-        layers["UPN2"] = conv(64, 32)
-        layers["UPN3"] = conv(32, channels * params.scale**2)
-        layers["SR"] = conv(channels, channels)
-        self.layers = nn.ModuleDict(layers)
+        self.layers = nn.ModuleDict(
+            {
+                name: nn.Conv2d(n_in, n_out, size, padding=size // 2)
+                for name, n_in, n_out, size in params.convolutions()
+            }
+        )
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         """NCHW in, NCHW out, like ISR's network on [0, 1] inputs."""
@@ -72,24 +60,30 @@ class TorchRDN(nn.Module):
         x = depth_to_space(L["UPN3"](x), self.params.scale)
         return L["SR"](x)
 
+    def named_tensors(self) -> dict[str, nn.Parameter]:
+        """The parameters under Keras' weight names: ``{"F_m1/kernel": ..., "F_m1/bias": ...}``."""
+        return {
+            f"{name}/{'kernel' if kind == 'weight' else 'bias'}": parameter
+            for name, layer in self.layers.items()
+            for kind, parameter in layer.named_parameters()
+        }
+
     def keras_weights(self) -> dict[str, np.ndarray]:
-        """``{"<layer>/kernel": (h, w, in, out), "<layer>/bias": (out,)}`` for Keras."""
-        named = {}
-        for name, layer in self.layers.items():
-            named[f"{name}/{KERNEL}"] = to_keras_kernel(layer.weight.detach().cpu().numpy())
-            named[f"{name}/{BIAS}"] = layer.bias.detach().cpu().numpy()
-        return named
+        """Every weight by Keras name, in Keras' layout."""
+        return {name: to_keras(name, tensor) for name, tensor in self.named_tensors().items()}
 
     def load_keras_weights(self, named: dict[str, np.ndarray]) -> None:
         with torch.no_grad():
-            for name, layer in self.layers.items():
-                layer.weight.copy_(torch.from_numpy(from_keras_kernel(named[f"{name}/{KERNEL}"])))
-                layer.bias.copy_(torch.from_numpy(named[f"{name}/{BIAS}"]))
+            for name, parameter in self.named_tensors().items():
+                parameter.copy_(from_keras(name, named[name]))
 
 
-def to_keras_kernel(weight: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(weight.transpose(2, 3, 1, 0), np.float32)
+def to_keras(name: str, tensor: torch.Tensor) -> np.ndarray:
+    """A parameter (or an optimizer moment of it) as Keras holds it; ``name`` tells which."""
+    array = tensor.detach().float().cpu().numpy()
+    return np.ascontiguousarray(array.transpose(2, 3, 1, 0) if name.endswith("kernel") else array)
 
 
-def from_keras_kernel(kernel: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(kernel.transpose(3, 2, 0, 1), np.float32)
+def from_keras(name: str, array: np.ndarray) -> torch.Tensor:
+    array = array.transpose(3, 2, 0, 1) if name.endswith("kernel") else array
+    return torch.from_numpy(np.ascontiguousarray(array, np.float32))

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -163,7 +163,6 @@ def learning_rate(config: TrainConfig, step: int, seconds: float) -> float:
 # Weights are stored by layer name in Keras' layout ("w/F_m1/kernel"), so that a checkpoint
 # written by either trainer (TensorFlow here, PyTorch on a GPU machine) loads into either.
 WEIGHT_PREFIX = "w/"
-Weights = dict[str, np.ndarray] | list[np.ndarray]
 
 
 def write_checkpoint(path: Path, state: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -183,12 +182,9 @@ def save_checkpoint(
     write_checkpoint(path, state, arrays)
 
 
-def read_checkpoint(path: Path) -> tuple[dict, Weights, list[np.ndarray]]:
-    """(state, weights, TensorFlow optimizer variables) of a checkpoint of either trainer.
-
-    Weights come by layer name; checkpoints written before names were kept hold them in
-    Keras' ``get_weights()`` order, and come back as that list.
-    """
+def read_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray], list[np.ndarray]]:
+    """(state, weights by layer name, TensorFlow optimizer variables) of either trainer's
+    checkpoint."""
     with np.load(path, allow_pickle=False) as data:
         state = json.loads(str(data["meta"]))
         # Checkpoints from before the --init option were initialised the ISR way.
@@ -198,7 +194,20 @@ def read_checkpoint(path: Path) -> tuple[dict, Weights, list[np.ndarray]]:
         }
         listed = [data[f"model_{i}"] for i in range(sum(k.startswith("model_") for k in data))]
         opt = [data[f"opt_{i}"] for i in range(sum(k.startswith("opt_") for k in data))]
-    return state, named or listed, opt
+    return state, named or names_for(listed, RDNParams.from_json(state["params"])), opt
+
+
+def names_for(weights: list[np.ndarray], params: RDNParams) -> dict[str, np.ndarray]:
+    """Name the weights of a checkpoint written before names were kept (in Keras'
+    ``get_weights()`` order), checking each shape against the architecture."""
+    names = {}
+    for name, n_in, n_out, size in params.convolutions():
+        names[f"{name}/kernel"] = (size, size, n_in, n_out)
+        names[f"{name}/bias"] = (n_out,)
+    shapes = [w.shape for w in weights]
+    if shapes != list(names.values()):
+        raise ValueError(f"checkpoint weights {shapes} do not fit {params.name}")
+    return dict(zip(names, weights, strict=True))
 
 
 def validate(
@@ -231,9 +240,11 @@ class Run:
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = self.out / "ckpt.npz"
-        self.resumed = config.resume and self.ckpt_path.exists()
+        if config.resume and not self.ckpt_path.exists():
+            raise SystemExit(f"--resume: no checkpoint at {self.ckpt_path}")
+        self.resumed = config.resume
         # (state, weights, TensorFlow optimizer variables) to start from, if any
-        self.saved: tuple[dict, Weights, list[np.ndarray]] | None = None
+        self.saved: tuple[dict, dict[str, np.ndarray], list[np.ndarray]] | None = None
         if self.resumed:
             self.saved = read_checkpoint(self.ckpt_path)
             # The checkpoint's architecture wins; a changed step count or budget extends the run.
@@ -247,7 +258,6 @@ class Run:
         self.config = config
         self.rng = np.random.default_rng(config.seed)
         self.step, self.seconds, self.losses = 0, 0.0, []
-        self.pairs: list[tuple[np.ndarray, np.ndarray]] = []
 
     def restore_progress(self) -> None:
         """Step, seconds, losses and the data RNG of the checkpoint being resumed."""
@@ -260,7 +270,7 @@ class Run:
         elif self.saved:
             print(f"weights from {self.config.init_from}; a fresh optimizer and schedule")
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         return {
             "config": dataclasses.asdict(self.config),
             "params": self.config.params.to_json(),
@@ -283,14 +293,13 @@ class Run:
         from tqdm import tqdm
 
         config = self.config
-        self.pairs = load_image_pairs(config.data, config.scale, config.patch)
+        pairs = load_image_pairs(config.data, config.scale, config.patch)
         areas = [
-            (lr.shape[0] - config.patch + 1) * (lr.shape[1] - config.patch + 1)
-            for _, lr in self.pairs
+            (lr.shape[0] - config.patch + 1) * (lr.shape[1] - config.patch + 1) for _, lr in pairs
         ]
         weights = np.array(areas, float) / sum(areas)
         val_pairs = load_image_pairs(config.val, config.scale, 1) if config.val else []
-        print(f"{config.params.name}: {len(self.pairs)} training images", flush=True)
+        print(f"{config.params.name}: {len(pairs)} training images", flush=True)
 
         def stop(signum: int, frame: object) -> None:
             raise KeyboardInterrupt
@@ -310,7 +319,7 @@ class Run:
                 started = time.perf_counter()
                 lr_value = learning_rate(config, self.step, self.seconds)
                 lr_batch, hr_batch = sample_batch(
-                    self.rng, self.pairs, weights, config.batch, config.patch, config.scale
+                    self.rng, pairs, weights, config.batch, config.patch, config.scale
                 )
                 loss = take_step(lr_batch, hr_batch, lr_value)
                 self.seconds += time.perf_counter() - started
@@ -363,10 +372,7 @@ def train(config: TrainConfig) -> Path:
     optimizer.build(model.trainable_variables)
     if run.saved:
         _, weights, opt_vars = run.saved
-        if isinstance(weights, dict):
-            set_named_weights(model, weights)
-        else:
-            model.set_weights(weights)
+        set_named_weights(model, weights)
         # A checkpoint from the PyTorch trainer carries no Keras optimizer: Adam starts afresh.
         if opt_vars:
             for variable, value in zip(optimizer.variables, opt_vars, strict=True):
@@ -396,9 +402,10 @@ def train(config: TrainConfig) -> Path:
     return run.out
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
+def parse_args(argv: list[str] | None = None, description: str | None = None) -> TrainConfig:
+    """The command line of a trainer (this one unless ``description`` says otherwise)."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     for field in dataclasses.fields(TrainConfig):
         flag = f"--{field.name.replace('_', '-')}"

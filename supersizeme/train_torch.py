@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from supersizeme.torch_rdn import TorchRDN, from_keras_kernel, to_keras_kernel
+from supersizeme.rdn import PRECISIONS
+from supersizeme.torch_rdn import TorchRDN, from_keras, to_keras
 from supersizeme.train import WEIGHT_PREFIX, Run, TrainConfig, parse_args, write_checkpoint
 
 ADAM_PREFIXES = {"exp_avg": "adam_m/", "exp_avg_sq": "adam_v/"}
@@ -31,57 +32,38 @@ def isr_init(model: TorchRDN) -> None:
             parameter.uniform_(-0.05, 0.05)
 
 
-def keras_layout(name: str, tensor: torch.Tensor) -> np.ndarray:
-    array = tensor.detach().float().cpu().numpy()
-    return to_keras_kernel(array) if name.endswith("kernel") else array
-
-
-def torch_layout(name: str, array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(from_keras_kernel(array) if name.endswith("kernel") else array)
-
-
-def named_parameters(model: TorchRDN) -> dict[str, torch.nn.Parameter]:
-    """``{"F_m1/kernel": weight, "F_m1/bias": bias, ...}``: Keras' names for the parameters."""
-    return {
-        f"{layer}/{'kernel' if kind == 'weight' else 'bias'}": parameter
-        for layer, conv in model.layers.items()
-        for kind, parameter in conv.named_parameters()
-    }
-
-
 def train(config: TrainConfig) -> Path:
+    if config.precision not in PRECISIONS:
+        raise SystemExit(f"--precision must be one of {PRECISIONS}")
     run = Run(config)
     config = run.config
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    torch.backends.cudnn.benchmark = True  # one patch size all run long
+    # One patch size all run long: let cuDNN pick its fastest kernels. They are not all
+    # deterministic, so on a GPU a resumed run is close to, not bit-equal to, a straight one.
+    torch.backends.cudnn.benchmark = True
     model = TorchRDN(config.params)
     if config.init == "isr":
         isr_init(model)
-    model = model.to(device, memory_format=torch.channels_last)
-    params = named_parameters(model)
-    optimizer = torch.optim.Adam(params.values(), lr=config.lr)
-
     if run.saved:
-        state, weights, _ = run.saved
-        if not isinstance(weights, dict):
-            raise SystemExit("that checkpoint keeps no layer names: carry it on with TensorFlow")
-        with torch.no_grad():
-            for name, parameter in params.items():
-                parameter.copy_(torch_layout(name, weights[name]))
+        model.load_keras_weights(run.saved[1])
+    model = model.to(device, memory_format=torch.channels_last)
+    params = model.named_tensors()
+    # Keras' epsilon, so that both trainers take the same steps.
+    optimizer = torch.optim.Adam(params.values(), lr=config.lr, eps=1e-7)
     if run.resumed:
         with np.load(run.ckpt_path) as data:
             # Our own checkpoint: Adam carries on (after TensorFlow's, it starts afresh).
             if "adam_m/F_m1/kernel" in data:
+                step = torch.tensor(float(run.saved[0]["adam_step"]))
                 for name, parameter in params.items():
-                    optimizer.state[parameter] = {
-                        "step": torch.tensor(float(state["adam_step"])),
-                        **{
-                            key: torch_layout(name, data[prefix + name]).to(device)
-                            for key, prefix in ADAM_PREFIXES.items()
-                        },
+                    optimizer.state[parameter] = {"step": step.clone()} | {
+                        key: torch.zeros_like(parameter).copy_(
+                            from_keras(name, data[prefix + name])
+                        )
+                        for key, prefix in ADAM_PREFIXES.items()
                     }
     run.restore_progress()
     print(f"{sum(p.numel() for p in params.values()):,} parameters on {device}", flush=True)
@@ -112,16 +94,15 @@ def train(config: TrainConfig) -> Path:
         return sr.float().permute(0, 2, 3, 1).cpu().numpy()
 
     def checkpoint() -> None:
-        arrays = {WEIGHT_PREFIX + n: keras_layout(n, p) for n, p in params.items()}
-        steps = []
+        arrays = {WEIGHT_PREFIX + n: to_keras(n, p) for n, p in params.items()}
+        adam_step = 0
         for name, parameter in params.items():
-            moments = optimizer.state.get(parameter)
-            if moments:
-                steps.append(int(moments["step"]))
+            if moments := optimizer.state.get(parameter):
+                adam_step = int(moments["step"])
                 for key, prefix in ADAM_PREFIXES.items():
-                    arrays[prefix + name] = keras_layout(name, moments[key])
+                    arrays[prefix + name] = to_keras(name, moments[key])
         state = run.state()
-        state["adam_step"] = steps[0] if steps else 0
+        state["adam_step"] = adam_step
         state["trainer"] = f"pytorch {torch.__version__} on {device_name(device)}"
         write_checkpoint(run.ckpt_path, state, arrays)
 
@@ -135,4 +116,4 @@ def device_name(device: torch.device) -> str:
 
 
 if __name__ == "__main__":
-    train(parse_args())
+    train(parse_args(description=__doc__))

@@ -25,3 +25,17 @@ def test_card_and_readme_quote_the_measured_numbers(shipped_model_dir):
         for row in rows.values():
             quoted = f"{row['psnr']:.2f} / {row['ssim']:.4f}"
             assert quoted in card and quoted in readme, quoted
+
+
+def test_the_committed_checkpoint_holds_the_shipped_weights(shipped_model_dir):
+    """So that training carries on from exactly what is served (either trainer)."""
+    import numpy as np
+
+    from supersizeme.rdn import load_rdn, named_weights
+    from supersizeme.train import read_checkpoint
+
+    state, weights, _ = read_checkpoint(shipped_model_dir / "training-checkpoint.npz")
+    served = named_weights(load_rdn(ModelFolder.open(shipped_model_dir)))
+    assert state["params"] == ModelFolder.open(shipped_model_dir).params.to_json()
+    assert weights.keys() == served.keys()
+    assert all(np.array_equal(weights[name], served[name]) for name in served)

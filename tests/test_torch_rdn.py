@@ -51,3 +51,20 @@ def test_set_named_weights_refuses_another_architecture():
     small = TorchRDN(RDNParams(C=1, D=1, G=4, G0=4, scale=2)).keras_weights()
     with pytest.raises(ValueError, match="missing"):
         set_named_weights(build_rdn(RDNParams(C=1, D=2, G=4, G0=4, scale=2)), small)
+
+
+@pytest.mark.parametrize(
+    "params", [RDNParams(C=2, D=3, G=8, G0=12), RDNParams(C=3, D=6, G=32, G0=32, scale=3)]
+)
+def test_convolutions_list_the_weights_in_keras_order(params):
+    """What names the weights of old checkpoints, kept as Keras' get_weights() list."""
+    from supersizeme.rdn import build_rdn, named_weights
+    from supersizeme.train import names_for
+
+    keras_model = build_rdn(params, "float32")
+    named = names_for(keras_model.get_weights(), params)
+    expected = named_weights(keras_model)
+    assert list(named) == list(expected)
+    assert all(np.array_equal(named[name], expected[name]) for name in expected)
+    with pytest.raises(ValueError, match="do not fit"):
+        names_for(keras_model.get_weights()[:-2], params)

@@ -47,6 +47,7 @@ def test_resume_continues_exactly(image_folder, tmp_path):
     b_state, b_weights, _ = read_checkpoint(tmp_path / "halves" / "ckpt.npz")
     assert b_state["step"] == 8 and b_state["adam_step"] == 8
     assert a_state["losses"] == b_state["losses"]
+    assert a_weights.keys() == b_weights.keys() == TorchRDN(halves.params).keras_weights().keys()
     for name in a_weights:
         np.testing.assert_array_equal(a_weights[name], b_weights[name])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,7 +24,7 @@ def wave_images(folder: Path) -> Path:
     return folder
 
 
-def tiny(image_folder: Path, out: Path, **changes) -> TrainConfig:
+def tiny(image_folder: Path, out: Path, **changes: Any) -> TrainConfig:
     """A C1-D2-G8 network on 12-pixel patches: a step takes milliseconds."""
     config = TrainConfig(
         C=1,
