@@ -263,8 +263,10 @@ def supersize() -> ResponseReturnValue:
         raise not_ready()
     deadline = request_deadline()
     gate: InferenceGate = current_app.extensions["supersizeme.gate"]
+    waiting = time.perf_counter()
     try:
         with gate.turn(deadline):
+            timings.queue = time.perf_counter() - waiting
             encoded = upscale_decoded(image, model.upscaler, scale, deadline, timings, image_format)
     except DeadlineExceeded:
         raise deadline_passed() from None

@@ -26,6 +26,7 @@ SCALES = (2, 4)
 @dataclass
 class Timings:
     decode: float = 0.0
+    queue: float = 0.0  # waiting for the worker's inference turn (set by the API)
     inference: float = 0.0
     encode: float = 0.0
 

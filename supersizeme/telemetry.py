@@ -149,7 +149,7 @@ class Telemetry:
         )
         self.stages = Histogram(
             "ssm_stage_duration_seconds",
-            "Time of each completed stage of an upscale: decode, inference, encode.",
+            "Time of each completed stage of an upscale: decode, queue, inference, encode.",
             ["stage"],
             buckets=SECONDS_BUCKETS,
             registry=registry,

@@ -89,7 +89,7 @@ def test_request_id_and_server_timing_headers(client):
     response = post(client, encoded(picture()), headers={"X-Request-ID": "abc-123"})
     assert response.headers["X-Request-ID"] == "abc-123"
     timing = response.headers["Server-Timing"]
-    assert all(f"{name};dur=" in timing for name in ("decode", "inference", "encode"))
+    assert all(f"{name};dur=" in timing for name in ("decode", "queue", "inference", "encode"))
     generated = post(client, encoded(picture())).headers["X-Request-ID"]
     assert len(generated) == 32
     hostile = post(client, encoded(picture()), headers={"X-Request-ID": "a b\x01" * 50})

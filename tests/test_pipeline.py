@@ -139,6 +139,8 @@ def test_output_name():
     assert output_name("holiday", 4, "webp") == "holiday-x4.webp"
 
 
-def test_server_timing_lists_the_three_stages():
-    timings = Timings(decode=0.001, inference=2.5, encode=0.25)
-    assert timings.server_timing() == "decode;dur=1.0, inference;dur=2500.0, encode;dur=250.0"
+def test_server_timing_lists_the_four_stages():
+    timings = Timings(decode=0.001, queue=0.0004, inference=2.5, encode=0.25)
+    assert timings.server_timing() == (
+        "decode;dur=1.0, queue;dur=0.4, inference;dur=2500.0, encode;dur=250.0"
+    )

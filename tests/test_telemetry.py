@@ -64,6 +64,8 @@ def test_a_known_sequence_gives_exact_counts(app, client):
     assert value(samples, "ssm_request_duration_seconds_count", endpoint=upscale) == 7
     # Four images were decoded; only the three that finished were run and encoded.
     assert value(samples, "ssm_stage_duration_seconds_count", stage="decode") == 4
+    # All four got their inference turn at once (a queue time, however short).
+    assert value(samples, "ssm_stage_duration_seconds_count", stage="queue") == 4
     assert value(samples, "ssm_stage_duration_seconds_count", stage="inference") == 3
     assert value(samples, "ssm_stage_duration_seconds_count", stage="encode") == 3
     assert value(samples, "ssm_input_pixels_count") == 4
@@ -85,7 +87,8 @@ def test_each_app_counts_on_its_own(app, client, tiny_model_dir):
     assert value(samples, "ssm_requests_total", endpoint="/supersizeme/", status="200") == 0
 
 
-def test_requests_in_flight_counts_a_waiting_upload(app, client):
+def test_a_waiting_upload_is_in_flight_and_logs_its_queue_time(app, client, caplog):
+    caplog.set_level(logging.INFO, logger="supersizeme.requests")
     gate = InferenceGate(max_waiting=1)
     app.extensions["supersizeme.gate"] = gate
     statuses = []
@@ -97,9 +100,12 @@ def test_requests_in_flight_counts_a_waiting_upload(app, client):
                 break
             time.sleep(0.05)
         assert value(scrape(client), "ssm_requests_in_flight") == 1
+        time.sleep(0.3)  # the upload decodes in a millisecond, then waits for its turn
     waiter.join(30)
     assert statuses == [200]
     assert value(scrape(client), "ssm_requests_in_flight") == 0
+    (line,) = [line for line in request_lines(caplog) if line["path"] == "/supersizeme/"]
+    assert 0.2 < line["queue_s"] < line["total_s"]
 
 
 def request_lines(caplog) -> list[dict]:
