@@ -51,7 +51,8 @@ test: lint browser
 # What gpu/run.sh needs on a GPU machine that has PyTorch but neither Flask nor the data
 # (see README "Training on a GPU machine"): Flask and all it needs as wheels for its
 # Python 3.12 (what the machine has of them is not relied on), and the
-# training images with Set5 for the validation read-out. Both folders are git-ignored.
+# training images with Set5 for the validation read-out, and the shipped model's checkpoint
+# as init.npz for gpu/jobs.txt's --init-from. Both folders are git-ignored.
 DATASETS ?= ../shared/datasets
 gpu-bundle: install
 	rm -rf .whl .gpu-data
@@ -61,6 +62,7 @@ gpu-bundle: install
 	mkdir -p .gpu-data
 	cp -r $(DATASETS)/train .gpu-data/train
 	cp -r $(DATASETS)/benchmark/set5 .gpu-data/set5
+	cp models/rdn-C3-D6-G32-G032-x2/training-checkpoint.npz .gpu-data/init.npz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .whl .gpu-data

@@ -9,8 +9,10 @@ For each configuration C,D,G,G0 it (1) measures the served CPU latency per input
 megapixel with freshly initialised weights (speed does not depend on their values),
 float32 through the served tiling code; and, with ``--minutes``, (2) trains it for that
 many minutes with supersizeme.train's defaults (so every configuration gets the same
-budget on the same machine), exports it to ``runs/study/<name>/model`` and measures
-Y-PSNR on each set through the served path. Prints one Markdown table, machine named.
+budget on the same machine), exports it to ``runs/study/<name>/ckpt-model`` and measures
+Y-PSNR on each set through the served path. With ``--checkpoints`` instead of
+``--configs``, (2) measures checkpoints trained elsewhere (a GPU run of ``gpu/jobs.txt``,
+say), each exported beside itself. Prints one Markdown table, machine named.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def latency(params: RDNParams, size: int, repeat: int) -> tuple[int, float, floa
     return count, macs_per_input_pixel(model, params.scale), statistics.median(seconds) / megapixels
 
 
-def train_and_measure(params: RDNParams, args: argparse.Namespace) -> dict[str, float]:
-    """Train for the budget in a child process, export, and return PSNR per set."""
+def train(params: RDNParams, args: argparse.Namespace) -> Path:
+    """Train for the budget in a child process; return its checkpoint."""
     run = Path("runs/study") / params.name
     command = [
         sys.executable, "-m", "supersizeme.train", "--data", args.data, "--out", str(run),
@@ -71,9 +73,14 @@ def train_and_measure(params: RDNParams, args: argparse.Namespace) -> dict[str, 
         "--G0", str(params.G0), "--minutes", str(args.minutes), "--steps", "1000000",
     ]  # fmt: skip
     subprocess.run(command, check=True)
+    return run / "ckpt.npz"
+
+
+def measure(checkpoint: Path, sets: list[str]) -> dict[str, float]:
+    """Export a checkpoint beside itself and return its PSNR per set (served path) and steps."""
     from supersizeme.export import export
 
-    folder = export(run / "ckpt.npz", run / "model", args.sets)
+    folder = export(checkpoint, checkpoint.parent / f"{checkpoint.stem}-model", sets)
     return {
         set_name: rows[next(r for r in rows if r != "bicubic")]["psnr"]
         for set_name, rows in folder.spec["evaluation"].items()
@@ -86,6 +93,10 @@ def main() -> None:
     )
     parser.add_argument("--configs", nargs="+", default=["3,4,32,32", "3,6,32,32", "3,10,64,64"])
     parser.add_argument("--minutes", type=float, default=0, help="training budget; 0: speed only")
+    parser.add_argument(
+        "--checkpoints", nargs="*", default=[],
+        help="measure these trained checkpoints (from a GPU, say) instead of --configs",
+    )  # fmt: skip
     parser.add_argument("--data", default="", help="folder of HR training images")
     parser.add_argument("--sets", nargs="*", default=[], help="benchmark folders")
     parser.add_argument("--size", type=int, default=512, help="side of the square speed input")
@@ -94,20 +105,30 @@ def main() -> None:
     args = parser.parse_args()
     if args.minutes and not (args.data and args.sets):
         parser.error("--minutes needs --data and --sets")
+    if args.checkpoints and not args.sets:
+        parser.error("--checkpoints needs --sets")
 
     from supersizeme.rdn import configure_threads
 
     configure_threads(args.threads)
+    from supersizeme.train import read_checkpoint
+
     rows = []
-    for text in args.configs:
-        params = RDNParams(*(int(v) for v in text.split(",")))
-        quality = train_and_measure(params, args) if args.minutes else {}
+    for text in args.checkpoints or args.configs:
+        if args.checkpoints:
+            checkpoint = Path(text)
+            params = RDNParams.from_json(read_checkpoint(checkpoint)[0]["params"])
+        else:
+            params = RDNParams(*(int(v) for v in text.split(",")))
+            checkpoint = train(params, args) if args.minutes else None
+        quality = measure(checkpoint, args.sets) if checkpoint else {}
         rows.append((params, *latency(params, args.size, args.repeat), quality))
-    set_names = [Path(s).name for s in args.sets] if args.minutes else []
+    set_names = [Path(s).name for s in args.sets] if rows[0][-1] else []
     print(
         f"\nMachine: {hardware()}; latency: {args.threads} TensorFlow threads, float32, "
         f"{args.size}x{args.size} input, median of {args.repeat}"
         + (f"; training budget {args.minutes:g} min each" if args.minutes else "")
+        + (f"; quality of {' '.join(args.checkpoints)}" if args.checkpoints else "")
         + "\n"
     )
     header = ["configuration", "parameters", "MACs / input px", "s / input MP"]

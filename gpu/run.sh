@@ -2,20 +2,41 @@
 # Train on a lent GPU machine: PyTorch there, no TensorFlow, no network.
 #
 # Prepared here with `make gpu-bundle` (Flask's wheels in .whl/, because importing the
-# package imports Flask; the training images and Set5 in .gpu-data/), then run there by
+# package imports Flask; the training images, Set5 and init.npz in .gpu-data/), then run by
 # the device tool with carry [".whl", ".gpu-data"]:
 #
-#     bash gpu/run.sh --C 3 --D 6 --G 32 --G0 32 --batch 32 --lr 3e-4 --steps 100000 --minutes 7
+#     bash gpu/run.sh gpu/jobs.txt
 #
-# Any supersizeme.train option may follow. The checkpoint and the log land in $OUT/run and
-# $OUT/train.log; `python -m supersizeme.export --checkpoint <that ckpt.npz>` makes the
-# served model folder back here, where TensorFlow is.
+# Each line of the jobs file is a run's name and its supersizeme.train options; the runs
+# start together and share the GPU (small RDNs leave most of an H100 idle, so one run
+# alone would waste it). Each run's checkpoint comes back as $OUT/<name>.npz (see
+# gpu/pack.py) and every log in $OUT/logs.txt; back here, `python gpu/pack.py unpack` and
+# `python -m supersizeme.export --checkpoint ...` make the served model folder.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
+RUNS=${RUNS:-/tmp/runs}
 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
-mkdir -p "$OUT/run"
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
-"$PYTHON" -m supersizeme.train_torch --data .gpu-data/train --val .gpu-data/set5 \
-    --out "$OUT/run" "$@" 2>&1 | tee "$OUT/train.log"
+mkdir -p "$RUNS" "$OUT"
+names=() pids=()
+while read -r name options; do
+    [[ -z $name || $name == \#* ]] && continue
+    # $options is split into words on purpose: it is a command line.
+    # shellcheck disable=SC2086
+    "$PYTHON" -m supersizeme.train_torch --data .gpu-data/train --val .gpu-data/set5 \
+        --out "$RUNS/$name" $options >"$RUNS/$name.log" 2>&1 &
+    names+=("$name") pids+=($!)
+done <"$1"
+failed=0
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || { echo "${names[$i]} failed"; failed=1; }
+done
+for name in "${names[@]}"; do
+    printf '== %s\n' "$name" >>"$OUT/logs.txt"
+    tr '\r' '\n' <"$RUNS/$name.log" >>"$OUT/logs.txt"
+    grep -a "validation\|parameters on\|min, last" "$RUNS/$name.log" | tail -n 4 | sed "s/^/$name: /"
+    [[ -f $RUNS/$name/ckpt.npz ]] && "$PYTHON" gpu/pack.py pack "$RUNS/$name/ckpt.npz" "$OUT/$name"
+done
+exit "$failed"
