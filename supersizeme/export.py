@@ -35,6 +35,8 @@ from supersizeme.modelspec import ModelFolder, RDNParams, write_spec
 from supersizeme.train import TrainConfig, read_checkpoint
 
 CARD_FILE = "MODEL_CARD.md"
+# A model trained in phases (--resume, --init-from) is exported from its last checkpoint.
+LAST_PHASE = "The list describes the last phase of training; the paragraph after it, every phase."
 DEFAULT_DATA_NAME = "T91 + BSD200 (291 images)"
 PROTOCOL = (
     "HR cropped to a multiple of the scale; LR = Pillow bicubic downscale; LR sent as PNG "
@@ -172,6 +174,8 @@ larger image.
 - Weights: `weights.weights.h5`, float32, sha256 `{spec.get("weights_sha256")}`
 
 ## Training
+
+{LAST_PHASE if t("history") else ""}
 
 - Data: {data}, from `{t("data_path")}`
 - Steps: {t("steps")} of {t("planned_steps")} planned, batch {t("batch")}, LR patches of
