@@ -19,29 +19,36 @@ PART_BYTES = 15 * 2**20
 WEIGHT_PREFIX = "w/"  # supersizeme.train's; not imported, so that this runs without Flask
 
 
+def part_path(prefix: Path, index: int) -> Path:
+    return prefix.with_name(prefix.name + (f".part{index + 1}" if index else "") + ".npz")
+
+
 def pack(ckpt: Path, prefix: Path) -> list[Path]:
     with np.load(ckpt) as data:
         arrays = {name: data[name] for name in data}
     if sum(a.nbytes for a in arrays.values()) > PART_BYTES:
         arrays = {k: a for k, a in arrays.items() if k == "meta" or k.startswith(WEIGHT_PREFIX)}
     parts: list[dict[str, np.ndarray]] = [{}]
+    size = 0
     for name, array in arrays.items():
-        if parts[-1] and sum(a.nbytes for a in parts[-1].values()) + array.nbytes > PART_BYTES:
+        if parts[-1] and size + array.nbytes > PART_BYTES:
             parts.append({})
+            size = 0
         parts[-1][name] = array
-    paths = []
-    for i, part in enumerate(parts):
-        paths.append(prefix.with_name(prefix.name + (f".part{i + 1}" if i else "") + ".npz"))
-        np.savez(paths[-1], **part)
+        size += array.nbytes
+    paths = [part_path(prefix, i) for i in range(len(parts))]
+    for path, part in zip(paths, parts, strict=True):
+        np.savez(path, **part)
     return paths
 
 
 def unpack(prefix: Path, ckpt: Path) -> None:
     arrays: dict[str, np.ndarray] = {}
-    parts = sorted(prefix.parent.glob(prefix.name + ".part*.npz"))
-    for path in [prefix.with_name(prefix.name + ".npz"), *parts]:
+    index = 0
+    while (path := part_path(prefix, index)).exists():
         with np.load(path) as data:
             arrays.update({name: data[name] for name in data})
+        index += 1
     np.savez(ckpt, **arrays)
 
 
