@@ -1,12 +1,12 @@
 # Two commands do everything on a fresh machine with Python 3.11:
-#   make serve   create .venv, install the pinned requirements, serve on port 8000
+#   make serve   create .venv, install the pinned requirements and nginx, serve on port 8000
 #   make test    the same install plus the test tools, then lint and the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install install-dev serve test lint browser clean gpu-bundle
+.PHONY: install install-dev nginx serve test lint browser clean gpu-bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,14 @@ install: $(VENV)/.runtime
 
 install-dev: $(VENV)/.dev
 
-serve: install
-	SSM_BIND=0.0.0.0:$(PORT) $(BIN)/gunicorn --config gunicorn.conf.py app:app
+# The buffering front (front/): nginx on the public port, gunicorn behind it on a unix socket.
+# nginx is installed only when missing, and only with apt-get as root; elsewhere the
+# script says what to install.
+nginx:
+	sh front/install-nginx.sh
+
+serve: install nginx
+	SSM_BIND=0.0.0.0:$(PORT) $(BIN)/python -m front.serve
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -45,7 +51,7 @@ browser:
 	  fi; \
 	fi
 
-test: lint browser
+test: lint browser nginx
 	$(BIN)/python -m pytest -q
 
 # What gpu/run.sh needs on a GPU machine that has PyTorch but neither Flask nor the data

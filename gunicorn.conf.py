@@ -18,28 +18,34 @@ _deadline = float(settings.from_environment()["DEADLINE_SECONDS"])
 
 bind = settings.env("SSM_BIND", "0.0.0.0:8000")
 
-# One worker per core by default, each with TensorFlow restricted to cores // workers
-# intra-op threads (SSM_TF_THREADS), so that workers x threads = cores: a request then
-# runs on its own core without fighting the others. Each worker holds its own copy of
-# the model (TensorFlow is not fork-safe, so no --preload and nothing shared).
+# One worker by default, whose runtime spreads each image over every core (SSM_THREADS =
+# cores // workers): a lone request gets the whole replica, and requests that arrive
+# together queue for it instead of splitting the same cores (config.default_workers).
+# More workers each load their own model after the fork (nothing shared, no --preload).
 workers = settings.default_workers()
 
 # gthread: a few threads per worker so that /healthz, /readyz and quick refusals are
 # answered while a long inference runs; inference itself is serialised per worker by
 # a lock in the app, so threads do not oversubscribe the cores. The README says why not
-# sync or gevent. Our subclass only refuses new connections at once while stopping.
+# sync or gevent. Our subclass (supersizeme/worker.py) bounds the time a request line and
+# headers may take, answers gunicorn's own refusals in JSON, counts only upscales towards
+# max_requests and refuses new connections at once while stopping.
 worker_class = "supersizeme.worker.StoppingThreadWorker"
-threads = settings.env("SSM_GUNICORN_THREADS", 4, int)
+# One runs the image, SSM_MAX_WAITING (4) wait for their turn, the rest answer probes,
+# scrapes and refusals.
+threads = settings.env("SSM_GUNICORN_THREADS", 8, int)
 
 # The app ends every request at its own deadline (503); gunicorn's timeout is a
 # backstop above it for a worker that stops responding altogether.
 timeout = int(_deadline) + 30
-# On SIGTERM, requests in flight get up to one deadline to finish.
+# On SIGTERM, requests in flight get up to one deadline to finish. Behind the front (nginx,
+# front/) every body arrives whole at loopback speed, so the deadline is all they need; a
+# gunicorn exposed directly may also be waiting on uploads (SSM_UPLOAD_SECONDS) and cut them.
 graceful_timeout = int(_deadline) + 10
 keepalive = 5
 
-# Recycle workers now and then to bound any slow growth (TensorFlow's allocator,
-# fragmentation); the jitter keeps all workers from restarting at the same moment.
+# Recycle workers after this many upscales (probes and scrapes do not count) to bound any
+# slow growth (allocator fragmentation); the jitter keeps workers from restarting together.
 max_requests = settings.env("SSM_MAX_REQUESTS", 1000, int)
 max_requests_jitter = max_requests // 10
 
@@ -84,10 +90,19 @@ def on_starting(server: Arbiter) -> None:
 
 
 def child_exit(server: Arbiter, worker: Worker) -> None:
-    """A dead worker's requests stay counted; its in-flight gauge and model info go."""
-    from prometheus_client import multiprocess
+    """A dead worker's requests stay counted, folded into one set of files for all dead
+    workers (supersizeme/telemetry.py); its in-flight gauge and model info go."""
+    from supersizeme.telemetry import fold_dead_worker
 
-    multiprocess.mark_process_dead(worker.pid)
+    try:
+        folded = fold_dead_worker(worker.pid, Path(os.environ[_METRICS_DIR]))
+    except Exception:
+        # The master must outlive any trouble with a metric file; the counts stay where
+        # they were.
+        server.log.exception("could not fold the metric files of worker %s", worker.pid)
+        return
+    if not folded:
+        server.log.warning("metric files of worker %s left unfolded: scrapes busy", worker.pid)
 
 
 def on_exit(server: Arbiter) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supersizeme.config import cpu_count, hardware
+from supersizeme.machine import cpu_count, hardware
 from supersizeme.modelspec import RDNParams
 
 
@@ -45,13 +45,18 @@ def macs_per_input_pixel(model: object, scale: int) -> float:
     return total
 
 
-def latency(params: RDNParams, size: int, repeat: int) -> tuple[int, float, float]:
-    """(parameters, MACs per input pixel, median seconds per input megapixel)."""
-    from supersizeme.rdn import build_rdn, compile_network
+def latency(
+    params: RDNParams, size: int, repeat: int, threads: int
+) -> tuple[int, float, float]:
+    """(parameters, MACs per input pixel, median seconds per input megapixel), served by
+    OpenVINO in float32 as the service runs it."""
+    from supersizeme.rdn import build_rdn, to_openvino
+    from supersizeme.runtime import compile_openvino
     from supersizeme.tiling import TiledUpscaler
 
     model = build_rdn(params)
-    upscale = TiledUpscaler(compile_network(model), params.scale, params.receptive_radius)
+    network = compile_openvino(to_openvino(model), "float32", threads).run
+    upscale = TiledUpscaler(network, params.scale, params.receptive_radius)
     image = np.random.default_rng(0).random((size, size, 3), dtype=np.float32)
     upscale(image)  # trace and build the kernels for this shape
     seconds = []
@@ -122,10 +127,10 @@ def main() -> None:
             params = RDNParams(*(int(v) for v in text.split(",")))
             checkpoint = train(params, args) if args.minutes else None
         quality = measure(checkpoint, args.sets) if checkpoint else {}
-        rows.append((params, *latency(params, args.size, args.repeat), quality))
+        rows.append((params, *latency(params, args.size, args.repeat, args.threads), quality))
     set_names = [Path(s).name for s in args.sets] if rows[0][-1] else []
     print(
-        f"\nMachine: {hardware()}; latency: {args.threads} TensorFlow threads, float32, "
+        f"\nMachine: {hardware()}; latency: OpenVINO on {args.threads} threads, float32, "
         f"{args.size}x{args.size} input, median of {args.repeat}"
         + (f"; training budget {args.minutes:g} min each" if args.minutes else "")
         + (f"; quality of {' '.join(args.checkpoints)}" if args.checkpoints else "")

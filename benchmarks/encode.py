@@ -29,8 +29,8 @@ from PIL import Image, features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supersizeme.config import cpu_count, hardware
 from supersizeme.images import OUTPUT_FORMATS
+from supersizeme.machine import cpu_count, hardware
 
 DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "benchmark"
 OUT = Path(__file__).with_suffix(".md")

@@ -4,8 +4,8 @@
         --sizes 256x256 1024x768 2000x2000 --repeat 3 [--precision float32 bfloat16]
 
 Each size runs in a fresh process (so that its peak RSS is its own) with the worker's
-settings: one TensorFlow intra-op thread per worker by default, as gunicorn runs it with
-one worker per core. Prints a Markdown table of medians with the machine named.
+settings: the served runtime on every core, as gunicorn runs its one worker. Prints a
+Markdown table of medians with the machine named.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supersizeme.config import hardware
+from supersizeme.machine import cpu_count, hardware
+from supersizeme.runtime import RUNTIMES
 
 
 def photo_like(width: int, height: int) -> bytes:
@@ -40,7 +41,7 @@ def photo_like(width: int, height: int) -> bytes:
 
 
 def measure_one(
-    model: str, size: str, repeat: int, precision: str, threads: int, tile: int
+    model: str, size: str, repeat: int, precision: str, threads: int, tile: int, runtime: str
 ) -> dict:
     from supersizeme.images import Limits
     from supersizeme.modelspec import ModelFolder
@@ -49,7 +50,7 @@ def measure_one(
 
     width, height = (int(v) for v in size.split("x"))
     folder = ModelFolder.open(model)
-    upscaler = load(folder, LoadSettings(precision=precision, tile=tile, intra_op_threads=threads))
+    upscaler = load(folder, LoadSettings(runtime, precision, tile, threads))
     data = photo_like(width, height)
     limits = Limits(max_pixels=width * height, min_side=1)
     seconds = []
@@ -62,7 +63,8 @@ def measure_one(
     return {
         "size": size,
         "megapixels": width * height / 1e6,
-        "precision": precision,
+        "runtime": upscaler.runtime,
+        "precision": upscaler.precision,
         "median_s": median,
         "s_per_mp": median / (width * height / 1e6),
         "peak_rss_mib": peak_mib,
@@ -77,14 +79,21 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["256x256", "1024x768"])
     parser.add_argument("--precision", nargs="+", default=["float32"])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra-op threads")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="openvino")
+    parser.add_argument("--threads", type=int, default=cpu_count(), help="inference threads")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--json", help="write the rows here as JSON")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         row = measure_one(
-            args.model, args.sizes[0], args.repeat, args.precision[0], args.threads, args.tile
+            args.model,
+            args.sizes[0],
+            args.repeat,
+            args.precision[0],
+            args.threads,
+            args.tile,
+            args.runtime,
         )
         print(json.dumps(row))
         return
@@ -107,12 +116,14 @@ def main() -> None:
                 str(args.threads),
                 "--tile",
                 str(args.tile),
+                "--runtime",
+                args.runtime,
             ]
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
     print(
         f"Machine: {hardware()}; model {Path(args.model).name}; "
-        f"{args.threads} TensorFlow thread(s); tile {args.tile}; median of {args.repeat} runs "
+        f"{args.runtime}, {args.threads} thread(s); tile {args.tile}; median of {args.repeat} runs "
         "of the whole served path (decode, RDN, encode)\n"
     )
     print(

@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gunicorn_server import running_gunicorn, worker_pids
 from latency import photo_like
 
-from supersizeme.config import DEFAULT_MODEL, REPO_ROOT, default_workers, hardware
+from supersizeme.config import DEFAULT_MODEL, REPO_ROOT, default_workers
+from supersizeme.machine import hardware
 
 HERE = Path(__file__).resolve().parent
 

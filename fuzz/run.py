@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 from PIL import Image
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import imagefactory as factory
 
-from supersizeme.config import hardware
+from supersizeme.machine import hardware
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -69,6 +70,21 @@ def made_seeds() -> dict[str, bytes]:
         "cmyk.jpg": factory.jpeg(rgb.convert("CMYK")),
         "exif-rotated.jpg": factory.jpeg(oriented, exif=exif),
         "icc.jpg": factory.jpeg(rgb, icc_profile=factory.srgb_profile()),
+        # Near the structure limits of supersizeme/images.py, so that mutations cross them.
+        "many-scans.jpg": factory.many_scan_jpeg(rgb, 85),
+        "segments.jpg": factory.jpeg_with_segments(
+            factory.jpeg(rgb, restart_marker_blocks=1),
+            b"\xff" * 16,
+            factory.jpeg_comment(b"\xff\xda\x00\x02"),
+            factory.jpeg_segment(0xED, b"Photoshop 3.0\0" + b"8BIM\x04\x04\0\0\0\0\0\0"),
+        ),
+        "text.png": factory.png_with_chunks(
+            factory.png(rgb),
+            factory.png_chunk(b"tEXt", b"Comment\0plain"),
+            factory.png_chunk(b"zTXt", b"Title\0\0" + zlib.compress(b"compressed")),
+            factory.png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + zlib.compress(b"<x/>")),
+            factory.png_chunk(b"eXIf", oriented.getexif().tobytes()),
+        ),
     }
 
 

@@ -11,8 +11,10 @@ from flask import Flask
 
 from supersizeme import config as settings
 from supersizeme.admission import InferenceGate
+from supersizeme.machine import cpu_flags
 from supersizeme.modelspec import ModelFolder
-from supersizeme.predictor import LoadSettings, ModelSlot
+from supersizeme.predictor import LoadSettings, ModelSlot, PixelCap
+from supersizeme.runtime import choose_precision
 
 log = logging.getLogger("supersizeme")
 
@@ -62,14 +64,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config["MAX_BODY_BYTES"] + settings.MULTIPART_OVERHEAD_BYTES
     )
 
-    folder = ModelFolder.open(app.config["MODEL_DIR"])
+    config = app.config
+    folder = ModelFolder.open(config["MODEL_DIR"])
     slot = ModelSlot(
         folder,
         LoadSettings(
-            precision=app.config["PRECISION"],
-            tile=app.config["TILE"],
-            intra_op_threads=app.config["TF_THREADS"],
+            runtime=config["RUNTIME"],
+            precision=config["PRECISION"],
+            tile=config["TILE"],
+            threads=config["THREADS"],
         ),
+        PixelCap(config["MAX_PIXELS"], config["DEADLINE_SECONDS"], config["MAX_PIXELS_SET"]),
     )
     app.extensions["supersizeme.model"] = slot
     app.extensions["supersizeme.gate"] = InferenceGate(app.config["MAX_WAITING"])
@@ -78,7 +83,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # PROMETHEUS_MULTIPROC_DIR (it picks its storage once, at import).
     from supersizeme.telemetry import Telemetry
 
-    app.extensions["supersizeme.telemetry"] = Telemetry(folder, app.config["PRECISION"])
+    precision = choose_precision(config["PRECISION"], cpu_flags(), folder.spec).precision
+    app.extensions["supersizeme.telemetry"] = Telemetry(folder, precision)
     if app.config["LOAD_IN_BACKGROUND"]:
         slot.load_in_background(on_failure=_exit_worker)
     else:

@@ -19,11 +19,12 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from supersizeme.admission import InferenceGate, Overloaded
+from supersizeme.connection import UploadClock, client_watch
 from supersizeme.images import FORMATS, OUTPUT_FORMATS, ImageRejected, Limits
 from supersizeme.pipeline import SCALES, Timings, decode_for, output_name, upscale_decoded
 from supersizeme.predictor import ModelSlot
 from supersizeme.telemetry import RequestRecord, Telemetry
-from supersizeme.tiling import DeadlineExceeded
+from supersizeme.tiling import ClientGone, DeadlineExceeded, Stop
 
 bp = Blueprint("supersizeme", __name__)
 log = logging.getLogger("supersizeme")
@@ -71,9 +72,8 @@ def slot() -> ModelSlot:
 
 
 def limits() -> Limits:
-    return Limits(
-        max_pixels=current_app.config["MAX_PIXELS"], min_side=current_app.config["MIN_SIDE"]
-    )
+    # The cap in force: the configured one, or lower where this machine measured too slow.
+    return Limits(max_pixels=slot().max_pixels, min_side=current_app.config["MIN_SIDE"])
 
 
 @bp.before_app_request
@@ -152,12 +152,44 @@ def handle_unexpected(error: Exception) -> ResponseReturnValue:
     return error_response(500, "internal_error", "The server failed to process this image.")
 
 
+def is_form() -> bool:
+    return request.mimetype == "multipart/form-data"
+
+
+def refuse_declared_oversize() -> None:
+    """413 for a raw body whose Content-Length is over the limit, before anything is read.
+
+    A form's declared length includes its boundaries and part headers, so a form is
+    measured when it is read (werkzeug's MAX_CONTENT_LENGTH, and the file itself).
+    """
+    if not is_form() and (request.content_length or 0) > current_app.config["MAX_BODY_BYTES"]:
+        raise payload_too_large()
+
+
 def read_upload() -> bytes:
-    """The image bytes of a raw body or of a multipart form's single file field."""
+    """The image bytes of a raw body or of a multipart form's single file field.
+
+    The whole body must arrive within SSM_UPLOAD_SECONDS, else 408: the upload's time is
+    the client's connection, not the server's work, and the request deadline starts after.
+    """
+    with UploadClock(request.environ, current_app.config["UPLOAD_SECONDS"]) as clock:
+        try:
+            data = read_body()
+        except Exception:
+            # A body cut off by the clock makes the readers fail in their own ways (a short
+            # body, broken chunked framing, a form without its end): the time is the cause.
+            if clock.expired:
+                raise upload_timeout() from None
+            raise
+    if clock.expired:
+        raise upload_timeout()
+    return data
+
+
+def read_body() -> bytes:
     max_bytes = current_app.config["MAX_BODY_BYTES"]
-    too_large = payload_too_large()
     try:
-        if request.mimetype == "multipart/form-data":
+        if is_form():
             files = [f for _, f in request.files.items(multi=True)]
             if len(files) != 1:
                 raise ApiError(
@@ -168,37 +200,53 @@ def read_upload() -> bytes:
                 )
             data = files[0].stream.read(max_bytes + 1)
         else:
-            if request.content_length is not None and request.content_length > max_bytes:
-                raise too_large
             # Chunked bodies have no Content-Length: read one byte past the limit to tell,
             # and let the request log count what actually arrived.
             data = request.stream.read(max_bytes + 1)
             g.body_bytes = len(data)
+            declared = request.content_length
+            if declared is not None and len(data) < declared:
+                # gunicorn ends a body cut short without an error: only its length tells.
+                raise incomplete_body(f"{len(data):,} of {declared:,} bytes arrived")
     except ClientDisconnected as exc:
-        raise incomplete_body(exc) from None
+        raise incomplete_body(repr(exc)) from None
     except (ApiError, HTTPException):
         raise
     except Exception as exc:
         # gunicorn's body reader raises OSError or its own ParseException when the client
         # stops mid-body or breaks the chunked framing: the client's fault, not ours.
-        raise incomplete_body(exc) from None
+        raise incomplete_body(repr(exc)) from None
     if len(data) > max_bytes:
-        raise too_large
+        raise payload_too_large()
     if not data:
         raise ApiError(400, "empty_body", "The request body is empty; send a PNG or JPEG image.")
     return data
 
 
-def incomplete_body(cause: Exception) -> ApiError:
-    g.error_detail = repr(cause)
+def incomplete_body(detail: str) -> ApiError:
+    g.error_detail = detail
     return ApiError(
         400, "incomplete_body", "The request body ended early or its framing is broken."
     )
 
 
+def upload_timeout() -> ApiError:
+    seconds = current_app.config["UPLOAD_SECONDS"]
+    return ApiError(
+        408,
+        "upload_timeout",
+        f"The request body did not arrive within the upload time limit of {seconds:g} s.",
+    )
+
+
 def request_deadline() -> float:
-    """The monotonic instant by which this request must be answered."""
-    return g.started + current_app.config["DEADLINE_SECONDS"]
+    """The monotonic instant by which this request must be answered.
+
+    It counts from now, once the body has arrived: the deadline bounds the server's work
+    (decoding, waiting for the inference turn, the network, encoding), and a slow upload to
+    an idle server is the upload limit's business, not a reason to refuse the image.
+    """
+    return time.monotonic() + current_app.config["DEADLINE_SECONDS"]
 
 
 def retry_later(status: int, code: str, message: str) -> ApiError:
@@ -252,36 +300,64 @@ def query_choice(name: str) -> str:
 
 @bp.post("/supersizeme/", strict_slashes=False)
 def supersize() -> ResponseReturnValue:
+    # Everything that can refuse the request without its body comes first, so that a
+    # refusal costs neither side the upload.
     scale, image_format = requested_output()
-    data = read_upload()
-    timings = g.timings = Timings()
-    image = decode_for(data, limits(), scale, image_format, timings)
-    g.image_size = (image.width, image.height)
-
+    refuse_declared_oversize()
     model = slot()
     if model.upscaler is None:
         raise not_ready()
-    deadline = request_deadline()
     gate: InferenceGate = current_app.extensions["supersizeme.gate"]
+    # A chunked body is refused here just like one with a Content-Length: whether there is
+    # room does not depend on the body's size. Either way gunicorn then drains a little of
+    # the unread body (to keep the connection) or closes the connection.
+    if not gate.has_room():
+        raise overloaded()
+    data = read_upload()
+
+    stop = Stop(request_deadline(), client_watch(request.environ))
+    timings = g.timings = Timings()
+    image = decode_for(data, limits(), scale, image_format, timings)
+    g.image_size = (image.width, image.height)
     waiting = time.perf_counter()
     try:
-        with gate.turn(deadline):
+        with gate.turn(stop):
             timings.queue = time.perf_counter() - waiting
-            encoded = upscale_decoded(image, model.upscaler, scale, deadline, timings, image_format)
+            encoded = upscale_decoded(image, model.upscaler, scale, stop, timings, image_format)
     except DeadlineExceeded:
         raise deadline_passed() from None
+    except ClientGone:
+        return client_closed()
     except Overloaded:
-        raise retry_later(
-            429,
-            "overloaded",
-            "This worker is busy with other images and its queue is full; retry shortly.",
-        ) from None
+        # The room filled up while this body was being read and decoded.
+        raise overloaded() from None
     response = Response(encoded, mimetype=OUTPUT_FORMATS[image_format].mimetype)
     response.headers["Content-Disposition"] = (
         f'inline; filename="{output_name("supersized", scale, image_format)}"'
     )
     response.headers["Server-Timing"] = timings.server_timing()
     return response
+
+
+def overloaded() -> ApiError:
+    return retry_later(
+        429,
+        "overloaded",
+        "This worker is busy with other images and its queue is full; retry shortly.",
+    )
+
+
+# nginx's status for a client that closed its connection before the answer. Nobody receives
+# it: it exists for the request log and the metrics, so the API's contract does not list it.
+CLIENT_CLOSED_REQUEST = 499
+
+
+def client_closed() -> Response:
+    return error_response(
+        CLIENT_CLOSED_REQUEST,
+        "client_closed_request",
+        "The client closed the connection before its image was done; the work was stopped.",
+    )
 
 
 def deadline_passed() -> ApiError:
@@ -354,18 +430,36 @@ def model_info() -> ResponseReturnValue:
         weights_sha256=spec.get("weights_sha256"),
         evaluation=spec.get("evaluation"),
         training=spec.get("training"),
-        precision=config["PRECISION"],
+        precision=model.precision,
+        runtime=runtime_info(model),
         state=model.state,
         scales=list(SCALES),
         formats=list(FORMATS),
         limits={
             "max_body_bytes": config["MAX_BODY_BYTES"],
-            "max_pixels": config["MAX_PIXELS"],
+            "max_pixels": model.max_pixels,
+            "max_pixels_configured": config["MAX_PIXELS"],
             "max_pixels_by_scale": {
                 str(scale): replace(limits(), scale=scale).pixel_cap for scale in SCALES
             },
             "min_side": config["MIN_SIDE"],
             "deadline_seconds": config["DEADLINE_SECONDS"],
+            "upload_seconds": config["UPLOAD_SECONDS"],
             "tile": config["TILE"],
         },
     )
+
+
+def runtime_info(model: ModelSlot) -> dict[str, Any]:
+    """What runs the network in this worker, on which CPU features, and how fast."""
+    served = model.served
+    if served is None:
+        return {"name": model.settings.runtime, "precision": model.precision}
+    return {
+        "name": served.runtime,
+        "precision": served.precision,
+        "precision_reason": served.precision_reason,
+        "threads": served.threads,
+        "cpu_features": served.cpu_features,
+        "seconds_per_megapixel": round(served.seconds_per_megapixel, 3),
+    }

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
+import stat
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,7 +22,9 @@ from pathlib import Path
 
 from supersizeme import config as settings
 from supersizeme.images import FORMATS, ImageRejected, Limits
+from supersizeme.machine import cpu_count
 from supersizeme.pipeline import SCALES, Upscale, output_name, supersize
+from supersizeme.runtime import PRECISIONS, RUNTIMES
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -73,9 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(defaults["MODEL_DIR"]),
         help="model folder (default: %(default)s)",
     )
-    upscale.add_argument(
-        "--precision", choices=("float32", "bfloat16"), default=defaults["PRECISION"]
-    )
+    upscale.add_argument("--runtime", choices=RUNTIMES, default=defaults["RUNTIME"])
+    upscale.add_argument("--precision", choices=PRECISIONS, default=defaults["PRECISION"])
     upscale.add_argument(
         "--max-pixels",
         type=positive_int,
@@ -135,7 +138,8 @@ def plan(
         elif path.is_file():
             jobs.append(Job(path, out / output_name(path.stem, scale, image_format)))
         elif path.exists():
-            failures.append(Failure(path, "not_a_file", "neither a file nor a folder"))
+            kind = kind_of(path.stat().st_mode)
+            failures.append(Failure(path, "not_a_file", f"{kind}, neither a file nor a folder"))
         else:
             failures.append(Failure(path, "not_found", "no such file or folder"))
     inputs = {job.source.resolve() for job in jobs}
@@ -178,10 +182,7 @@ def attempt(job: Job, upscale: Upscale, limits: Limits, args: argparse.Namespace
 
 
 def upscale_file(job: Job, upscale: Upscale, limits: Limits, args: argparse.Namespace) -> None:
-    try:
-        data = job.source.read_bytes()
-    except OSError as exc:
-        raise Refused("unreadable", exc.strerror or type(exc).__name__) from None
+    data = read_regular_file(job.source)
     if not data:
         raise Refused("empty_file", "the file is empty")
     try:
@@ -190,16 +191,68 @@ def upscale_file(job: Job, upscale: Upscale, limits: Limits, args: argparse.Name
         raise Refused(exc.code, exc.message) from None
     except MemoryError:
         raise Refused("out_of_memory", "not enough memory for this image") from None
-    # A hidden temporary name, renamed into place: an interrupted run leaves no
-    # half-written result that looks finished, and a rerun does not read it as input.
-    partial = job.target.with_name(f".{job.target.name}.part")
     try:
-        job.target.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(encoded)
-        partial.replace(job.target)
+        write_whole(job.target, encoded)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise Refused("write_failed", exc.strerror or type(exc).__name__) from None
+
+
+# What a path is when it is not a regular file, for the failure line.
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def kind_of(mode: int) -> str:
+    return next((name for is_kind, name in _KINDS if is_kind(mode)), "a special file")
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file (or a link to one).
+
+    A FIFO would block the run until something writes to it, and a device such as
+    /dev/zero never ends. The check is made on the opened file, so that what is read is
+    what was checked; O_NONBLOCK lets a FIFO with no writer be opened to be refused.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise Refused("unreadable", exc.strerror or type(exc).__name__) from None
+    with os.fdopen(descriptor, "rb") as file:
+        mode = os.fstat(file.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise Refused("not_a_file", f"{kind_of(mode)}, not a regular file")
+        try:
+            return file.read()
+        except OSError as exc:
+            raise Refused("unreadable", exc.strerror or type(exc).__name__) from None
+
+
+def write_whole(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` entirely or not at all, and through no symbolic link.
+
+    The bytes go to a new hidden file, renamed into place once complete: an interrupted
+    run leaves no half-written result that looks finished, and a rerun does not read it
+    as input. The temporary name is unguessable and created with O_EXCL, which fails on
+    any existing name, a planted symbolic link included, rather than write where it
+    points. The rename replaces whatever has the final name, a symbolic link itself
+    rather than its target: like an earlier result, a link there is replaced, and
+    checking for one first could not stop one planted just before the rename.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(8)}.part")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def load_upscaler(args: argparse.Namespace) -> Upscale:
@@ -211,7 +264,7 @@ def load_upscaler(args: argparse.Namespace) -> Upscale:
     return load(
         folder,
         LoadSettings(
-            precision=args.precision, tile=args.tile, intra_op_threads=settings.cpu_count()
+            runtime=args.runtime, precision=args.precision, tile=args.tile, threads=cpu_count()
         ),
     )
 

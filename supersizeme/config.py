@@ -7,11 +7,11 @@ environment. The README's configuration table lists the same variables.
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
 from supersizeme.images import Limits
+from supersizeme.machine import cpu_count
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "rdn-C3-D6-G32-G032-x2"
@@ -31,40 +31,15 @@ def env(name: str, default: Any, kind: type = str) -> Any:
     return kind(value)
 
 
-def cpu_count() -> int:
-    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
-
-    In a container limited with ``--cpus`` the affinity still lists every host core; the
-    quota in cpu.max is what the scheduler enforces.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cores = min(cores, max(1, int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    return cores
-
-
-def hardware() -> str:
-    """CPU model, usable cores and platform, e.g. ``AMD EPYC, 2 cores, Linux x86_64``."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {cpu_count()} cores, {platform.system()} {platform.machine()}"
-
-
 def default_workers() -> int:
-    return env("SSM_WORKERS", cpu_count(), int)
+    """One worker per replica: its one inference at a time runs on every core.
+
+    The runtime spreads one image over all the cores nearly linearly (benchmarks/runtime.md),
+    so one worker serves a lone request as fast as the replica can and queues the rest
+    instead of running several at once on the same cores; it also holds one copy of the
+    model instead of one per core.
+    """
+    return env("SSM_WORKERS", 1, int)
 
 
 def from_environment() -> dict[str, Any]:
@@ -72,14 +47,19 @@ def from_environment() -> dict[str, Any]:
     workers = default_workers()
     return {
         "MODEL_DIR": env("SSM_MODEL_DIR", str(REPO_ROOT / "models" / DEFAULT_MODEL)),
-        "PRECISION": env("SSM_PRECISION", "float32"),
+        "RUNTIME": env("SSM_RUNTIME", "openvino"),
+        "PRECISION": env("SSM_PRECISION", "auto"),
         "TILE": env("SSM_TILE", 512, int),
-        "TF_THREADS": env("SSM_TF_THREADS", max(1, cpu_count() // workers), int),
+        "THREADS": env("SSM_THREADS", max(1, cpu_count() // workers), int),
         "MAX_BODY_BYTES": env("SSM_MAX_BODY_BYTES", MAX_BODY_BYTES, int),
         "MAX_PIXELS": env("SSM_MAX_PIXELS", Limits.max_pixels, int),
+        # An operator's cap is kept as set; the default one is lowered at start-up on a
+        # machine too slow to serve it within half the deadline (predictor.speed_cap).
+        "MAX_PIXELS_SET": bool(os.environ.get("SSM_MAX_PIXELS")),
         "MIN_SIDE": env("SSM_MIN_SIDE", Limits.min_side, int),
         "DEADLINE_SECONDS": env("SSM_DEADLINE_SECONDS", 60.0, float),
+        "UPLOAD_SECONDS": env("SSM_UPLOAD_SECONDS", 60.0, float),
         "LOAD_IN_BACKGROUND": env("SSM_LOAD_IN_BACKGROUND", False, bool),
-        "MAX_WAITING": env("SSM_MAX_WAITING", 2, int),
+        "MAX_WAITING": env("SSM_MAX_WAITING", 4, int),
         "RETRY_AFTER_SECONDS": env("SSM_RETRY_AFTER_SECONDS", 5, int),
     }

@@ -110,15 +110,19 @@ def served_png(upscaler: Upscale, scale: int) -> UpscalePng:
 
 
 def load_served(
-    model_dir: str | Path, precision: str = "float32", tile: int = 512, threads: int | None = None
+    model_dir: str | Path,
+    precision: str = "float32",
+    tile: int = 512,
+    threads: int | None = None,
+    runtime: str = "openvino",
 ) -> tuple[UpscalePng, int]:
     """The served upscaler of a model folder as an ``UpscalePng``, and the model's scale."""
-    from supersizeme.config import cpu_count
+    from supersizeme.machine import cpu_count
     from supersizeme.modelspec import ModelFolder
     from supersizeme.predictor import LoadSettings, load
 
     folder = ModelFolder.open(model_dir)
-    settings = LoadSettings(precision=precision, tile=tile, intra_op_threads=threads or cpu_count())
+    settings = LoadSettings(runtime, precision, tile, threads or cpu_count())
     return served_png(load(folder, settings), folder.params.scale), folder.params.scale
 
 
@@ -228,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--tile", type=int, default=512, help="tile side in input pixels")
-    parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads; 0: all cores")
+    parser.add_argument("--runtime", choices=("openvino", "tensorflow"), default="openvino")
+    parser.add_argument("--threads", type=int, default=0, help="inference threads; 0: all cores")
     parser.add_argument("--scale", type=int, default=2, help="scale of a bicubic-only run")
     args = parser.parse_args(argv)
     if not args.model and not args.bicubic:
@@ -237,7 +242,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows: dict[str, UpscalePng] = {}
     scales = set()
     for model_dir in args.model:
-        upscale, scale = load_served(model_dir, args.precision, args.tile, args.threads or None)
+        upscale, scale = load_served(
+            model_dir, args.precision, args.tile, args.threads or None, args.runtime
+        )
         rows[row_name(model_dir, args.precision)] = upscale
         scales.add(scale)
     if len(scales) > 1:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from supersizeme.config import cpu_count, hardware
 from supersizeme.evaluate import (
     BICUBIC,
     bicubic_png,
@@ -30,7 +30,9 @@ from supersizeme.evaluate import (
     load_served,
     markdown_table,
     row_name,
+    set_name,
 )
+from supersizeme.machine import cpu_count, hardware
 from supersizeme.modelspec import ModelFolder, RDNParams, write_spec
 from supersizeme.train import TrainConfig, read_checkpoint
 
@@ -225,8 +227,9 @@ for viewing, not a measurement of detail the camera never recorded.
 
 {table}
 Protocol: {setup.get("protocol", PROTOCOL)}.
-Served precision {setup.get("precision", "?")}, tile {setup.get("tile", "?")} px, TensorFlow
-threads: {setup.get("threads", "?")}, on {setup.get("hardware", "?")}. The bicubic row goes
+Served by {setup.get("runtime", "tensorflow")} in {setup.get("precision", "?")}, tile
+{setup.get("tile", "?")} px, {setup.get("threads", "?")} threads,
+on {setup.get("hardware", "?")}. The bicubic row goes
 through the same PNG-in, PNG-out measurement. Latencies depend on the machine and on what
 else it was running at the time.
 
@@ -273,6 +276,7 @@ def export(
         "evaluation": finite_or_none(evaluate_rows(rows, sets, scale)),
         "evaluation_setup": {
             "protocol": PROTOCOL,
+            "runtime": "openvino",
             "precision": "float32",
             "tile": tile,
             "threads": threads,
@@ -280,6 +284,8 @@ def export(
         },
     }
     write_spec(folder.path, spec)
+    check_bfloat16(ModelFolder.open(folder.path), sets, tile, threads)
+    spec = ModelFolder.open(folder.path).spec
     set_args = ["--sets", *map(str, sets)]
     export_args = ["--checkpoint", str(checkpoint), "--out", str(out), "--data-name", data_name]
     commands = {
@@ -294,19 +300,79 @@ def export(
     return ModelFolder.open(folder.path)
 
 
+def check_bfloat16(
+    folder: ModelFolder, sets: Sequence[str | Path], tile: int = 512, threads: int | None = None
+) -> dict[str, Any] | None:
+    """Measure what bfloat16 costs on Set5 and Set14 and record it in ``model.json``.
+
+    ``SSM_PRECISION=auto`` serves bfloat16 only where this record says the loss is small
+    (runtime.choose_precision). Where the CPU has native bfloat16 the check runs the served
+    OpenVINO network; elsewhere OpenVINO would quietly compute in float32, so the check runs
+    Keras' mixed_bfloat16 policy instead (bfloat16 inputs and weights, float32
+    accumulation, emulated: slow, but the same rounding). Returns the record, or None when
+    ``sets`` lacks Set5 or Set14.
+    """
+    from supersizeme.machine import cpu_flags, native_bfloat16
+    from supersizeme.runtime import BFLOAT16_CHECKED_SETS
+
+    by_name = {Path(path).name.lower(): path for path in sets}
+    if not all(name in by_name for name in BFLOAT16_CHECKED_SETS):
+        return None
+    checked = [by_name[name] for name in BFLOAT16_CHECKED_SETS]
+    runtime = "openvino" if native_bfloat16(cpu_flags()) else "tensorflow"
+    psnr: dict[str, dict[str, float]] = {}
+    for precision in ("float32", "bfloat16"):
+        served, scale = load_served(folder.path, precision, tile, threads, runtime)
+        results = evaluate_rows({precision: served}, checked, scale)
+        for name, path in zip(BFLOAT16_CHECKED_SETS, checked, strict=True):
+            psnr.setdefault(name, {})[precision] = results[set_name(path)][precision]["psnr"]
+    record = {
+        "runtime": runtime if runtime == "openvino" else "tensorflow (Keras mixed_bfloat16)",
+        "hardware": hardware(),
+        "psnr": psnr,
+        "loss_db": {
+            name: round(values["float32"] - values["bfloat16"], 4) for name, values in psnr.items()
+        },
+    }
+    write_spec(folder.path, {**folder.spec, "bfloat16_check": record})
+    return record
+
+
+def derive(path: str | Path, sets: Sequence[str | Path] = ()) -> ModelFolder:
+    """Derive an existing folder's OpenVINO network (and, given Set5 and Set14, check
+    bfloat16) without retraining or re-evaluating it."""
+    from supersizeme.rdn import derive_openvino
+
+    folder = derive_openvino(ModelFolder.open(path))
+    if sets:
+        check_bfloat16(folder, sets)
+    return ModelFolder.open(path)
+
+
 def main(argv: Sequence[str] | None = None) -> ModelFolder:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", required=True, help="a ckpt.npz written by training")
-    parser.add_argument("--out", required=True, help="the model folder to write")
-    parser.add_argument("--sets", nargs="+", required=True, help="benchmark folders")
+    parser.add_argument("--checkpoint", help="a ckpt.npz written by training")
+    parser.add_argument("--out", help="the model folder to write")
+    parser.add_argument(
+        "--derive",
+        metavar="FOLDER",
+        help="only derive FOLDER's OpenVINO network (and its bfloat16 check, with --sets)",
+    )
+    parser.add_argument("--sets", nargs="+", default=[], help="benchmark folders")
     parser.add_argument("--data-name", default=DEFAULT_DATA_NAME, help="training data, named")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads; 0: all")
     parser.add_argument("--hardware", help="describe the training machine (default: this one)")
     parser.add_argument("--note", default="", help="how the run went, when one command is not all")
     args = parser.parse_args(argv)
+    if args.derive:
+        folder = derive(args.derive, args.sets)
+        print(f"derived {folder.openvino_model()}: {json.dumps(folder.spec.get('bfloat16_check'))}")
+        return folder
+    if not (args.checkpoint and args.out and args.sets):
+        parser.error("an export needs --checkpoint, --out and --sets")
     folder = export(
         args.checkpoint,
         args.out,

@@ -10,18 +10,25 @@ over: orientation is already applied to the pixels, and EXIF often holds locatio
 the client did not ask us to echo back.
 
 Every size check reads the header alone, before Pillow decodes a single pixel, so a
-small file that declares a huge image costs nothing.
+small file that declares a huge image costs nothing. What the header does not bound (how
+many scans a JPEG is cut into, how many chunks or how much text a PNG carries, the EXIF)
+is checked from the raw bytes before Pillow parses them, or capped in Pillow itself, so
+that decoding any accepted upload takes bounded time and memory
+(benchmarks/decode-bounds.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+import struct
+import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, PngImagePlugin
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -48,6 +55,73 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 # 16-bit grey PNGs as 32-bit "I" holding the same 0..65535 samples.
 _SIXTEEN_BIT_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _GREY_MODES = frozenset({"1", "L", "LA", "La"})
+
+# --- what the header does not bound ------------------------------------------------------
+# Decoders also spend time on how a file is cut up, not only on its pixels and size. Each
+# limit is far above what encoders write; together they keep the decoding of the worst
+# accepted 5 MB upload under a second and 100 MiB. The costs quoted below are of files
+# the limits now refuse, decoded by Pillow alone (benchmarks/decode-bounds.md).
+
+# libjpeg decodes every scan of a progressive JPEG over the whole image, however few bytes
+# the scan has: 20,000 scans of 12 bytes (250 KB) took 4.6 s at 2 MP. libjpeg-turbo advises
+# applications to cap the scans; encoders write about 10 (20 with custom scripts).
+MAX_JPEG_SCANS = 100
+# Pillow parses JPEG marker segments and PNG chunks in Python, microseconds each: 5 MB of
+# empty comments or chunks took 2.5 s. libpng writes 8 KiB IDAT chunks, 640 in 5 MB.
+MAX_JPEG_SEGMENTS = 1_000
+MAX_PNG_CHUNKS = 10_000
+# Pillow's JPEG header parser also steps through any bytes between markers (0xFF fill,
+# stray bytes) one at a time: 5 MB of 0xFF took 4.8 s. Encoders write none.
+MAX_JPEG_HEADER_PADDING = 64 * 1024
+# Two kinds of header segment Pillow parses entry by entry: quantization tables (65 bytes
+# each; an image uses at most 4) and Photoshop's resource blocks (12 bytes and up; the
+# APP13 of a Photoshop export is a few KiB). 5 MB of tables took 0.5 s, and a decode
+# opens the file twice.
+MAX_JPEG_PARSED_SEGMENT_BYTES = 256 * 1024
+# Pillow inflates every zTXt, iTXt and iCCP chunk (up to MAX_TEXT_CHUNK each) and keeps the
+# text it finds (up to MAX_TEXT_MEMORY; we use none of it). Chunks without a keyword are
+# inflated but never counted against that, so only their number bounds the inflating:
+# 1 MB of them took 6 s.
+MAX_PNG_COMPRESSED_CHUNKS = 16
+# Per chunk, once inflated: Pillow's own default, because it also bounds the ICC profile,
+# which we keep.
+PngImagePlugin.MAX_TEXT_CHUNK = 1024 * 1024
+# All text together: Pillow's default of 64 MiB let a 75 KB PNG of zTXt chunks hold 63 MiB.
+PngImagePlugin.MAX_TEXT_MEMORY = 4 * 1024 * 1024
+# Pillow reads every entry of the EXIF's first directory (12 bytes each; 65,535 of them
+# took 2.4 s) to find the orientation. A JPEG holds at most this much EXIF (one APP1
+# segment), and a PNG may not carry more.
+MAX_EXIF_BYTES = 65_533
+# Pillow warns once per distinct message about each malformed EXIF entry: on hostile input
+# that is thousands of lines on stderr per request, and a warnings registry that keeps
+# every message for the life of the worker. We read nothing from EXIF but the orientation.
+warnings.filterwarnings("ignore", module=r"PIL\.TiffImagePlugin")
+
+# A JPEG marker is 0xFF and a code byte. Within entropy-coded data 0xFF 0x00 is a data
+# byte; a 0xFF may be followed by more 0xFF fill bytes (the marker is the run's last one);
+# RST0-7 (0xD0-0xD7) carry no length. Matching two bytes at a time keeps the search
+# linear on long runs of 0xFF.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
+_SOS, _DQT, _APP13 = 0xDA, 0xDB, 0xED
+_PHOTOSHOP = b"Photoshop 3.0\0"
+# Codes followed by a two-byte length, by which libjpeg and Pillow's header parser both
+# skip the segment: SOFn, DHT, DAC, SOS, DQT, DNL, DRI, APPn, COM. At any other code but
+# EOI libjpeg stops with an error.
+_JPEG_SEGMENT_CODES = frozenset(
+    {*range(0xC0, 0xC8), *range(0xC9, 0xD0), *range(0xDA, 0xDE), *range(0xE0, 0xF0), 0xFE}
+)
+_PNG_COMPRESSED_CHUNKS = frozenset({b"zTXt", b"iTXt", b"iCCP"})
+
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 # zlib level 3. On 8 MP photo-like results (x2 at the 2 MP cap; benchmarks/encode.md) it
 # took 0.75 s of CPU for 9.0 MB, against 2.5 s for 8.1 MB at level 6 and 10.6 s for 7.9 MB
@@ -221,12 +295,16 @@ def decode(data: bytes, limits: Limits) -> DecodedImage:
     """Validate and decode PNG or JPEG bytes into an upright float image.
 
     Raises ImageRejected for empty bodies (400), other formats (415), and images that
-    are too large, too small, animated or undecodable (422).
+    are too large, too small, animated, too costly to parse or undecodable (422).
     """
     if not data:
         raise ImageRejected(400, "empty_body", f"The request body is empty; {_SUPPORTED}.")
     source_format = sniff_format(data)
     with _refuse_undecodable(source_format, limits):
+        if source_format == "JPEG":
+            _check_jpeg_structure(data)
+        else:
+            _check_png_structure(data)
         with _open(data, source_format) as header:
             _check_header(header, source_format, limits)
             # Pillow skips IDAT CRCs while decoding; verify() checks the CRC of every
@@ -241,14 +319,121 @@ def _open(data: bytes, source_format: str) -> Image.Image:
     return Image.open(BytesIO(data), formats=[source_format])
 
 
+def _check_jpeg_structure(data: bytes) -> None:
+    """Refuse, from its markers alone, a JPEG that would cost far more to decode than its size.
+
+    Walks the file as libjpeg does: from segment to segment by their lengths, and over a
+    scan's entropy-coded data to the next marker, up to the end of the first picture (EOI;
+    libjpeg reads no further, so the extra pictures of an MPO do not count).
+    """
+    scans = segments = padding = parsed = 0
+    position = 2  # past SOI
+    while True:
+        # Pillow's Python parser reads everything before the first scan: there, look no
+        # further for the next marker than the padding still allowed.
+        end = len(data) if scans else position + MAX_JPEG_HEADER_PADDING - padding + 2
+        marker = _JPEG_MARKER.search(data, position, end)
+        if marker is None:
+            if end < len(data):
+                raise ImageRejected(
+                    422,
+                    "too_many_segments",
+                    f"The JPEG has more than {MAX_JPEG_HEADER_PADDING:,} bytes of padding "
+                    "between the markers of its header, which is all that is accepted.",
+                )
+            return  # truncated: the decoder says so
+        if not scans:
+            padding += marker.start() - position
+        code = data[marker.start() + 1]
+        if code not in _JPEG_SEGMENT_CODES:
+            if scans:
+                return  # EOI, or a marker at which libjpeg stops with an error
+            # libjpeg refuses this header, but only after Pillow has stepped through the
+            # rest of the file byte by byte.
+            raise _corrupt("JPEG")
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise ImageRejected(
+                422,
+                "too_many_segments",
+                f"The JPEG has more than {MAX_JPEG_SEGMENTS:,} marker segments, which is "
+                "all that is accepted.",
+            )
+        if code == _SOS:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise ImageRejected(
+                    422,
+                    "too_many_scans",
+                    f"The JPEG is split into more than {MAX_JPEG_SCANS} scans, each decoded "
+                    f"over the whole image; at most {MAX_JPEG_SCANS} are accepted "
+                    "(progressive encoders write about 10).",
+                )
+        # libjpeg reads a length under 2 as 2: just the length field itself.
+        length = int.from_bytes(data[marker.end() : marker.end() + 2], "big")
+        if not scans and (
+            code == _DQT or (code == _APP13 and data.startswith(_PHOTOSHOP, marker.end() + 2))
+        ):
+            parsed += length
+            if parsed > MAX_JPEG_PARSED_SEGMENT_BYTES:
+                raise ImageRejected(
+                    422,
+                    "too_much_metadata",
+                    f"The JPEG has more than {MAX_JPEG_PARSED_SEGMENT_BYTES // 1024} KiB of "
+                    "quantization tables and Photoshop resources before its image data, "
+                    "which is all that is accepted.",
+                )
+        position = marker.end() + max(length, 2)
+
+
+def _check_png_structure(data: bytes) -> None:
+    """Refuse, from its chunk headers alone, a PNG too costly for Pillow to parse.
+
+    Counts the chunks up to IEND, where Pillow stops reading, jumping over each by its
+    declared length without reading its data.
+    """
+    chunks = compressed = 0
+    position = len(PNG_MAGIC)
+    while position + 8 <= len(data):
+        length, chunk_type = struct.unpack_from(">I4s", data, position)
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise ImageRejected(
+                422,
+                "too_many_segments",
+                f"The PNG has more than {MAX_PNG_CHUNKS:,} chunks, which is all that is accepted.",
+            )
+        if chunk_type in _PNG_COMPRESSED_CHUNKS:
+            compressed += 1
+            if compressed > MAX_PNG_COMPRESSED_CHUNKS:
+                raise ImageRejected(
+                    422,
+                    "too_much_metadata",
+                    f"The PNG has more than {MAX_PNG_COMPRESSED_CHUNKS} compressed text or "
+                    "profile chunks (zTXt, iTXt, iCCP), which is all that is accepted.",
+                )
+        if chunk_type == b"IEND":
+            return
+        position += 12 + length
+
+
+def _corrupt(source_format: str) -> ImageRejected:
+    return ImageRejected(
+        422,
+        "corrupt_image",
+        f"The {source_format} data is corrupt or truncated and cannot be decoded.",
+    )
+
+
 @contextmanager
 def _refuse_undecodable(source_format: str, limits: Limits) -> Iterator[None]:
     """Turn whatever Pillow raises on hostile or broken input into a 422.
 
     Pillow's failures span OSError, SyntaxError, ValueError, EOFError, struct.error,
     zlib.error and more, and differ between versions, so anything that is not ours
-    counts as corrupt input. MemoryError is the exception: within our pixel cap it
-    means the server is short of memory, which is a server fault, not the client's.
+    counts as corrupt input, except Pillow's PNG text limits, which name themselves.
+    MemoryError is the exception: within our pixel cap it means the server is short of
+    memory, which is a server fault, not the client's.
     """
     try:
         yield
@@ -261,12 +446,20 @@ def _refuse_undecodable(source_format: str, limits: Limits) -> Iterator[None]:
             "too_many_pixels",
             f"The image declares far more pixels than allowed; {limits.describe_cap()}.",
         ) from exc
-    except Exception as exc:
+    except ValueError as exc:
+        # Pillow's PNG text limits raise a plain ValueError that names the setting.
+        if "MAX_TEXT_" not in str(exc):
+            raise _corrupt(source_format) from exc
         raise ImageRejected(
             422,
-            "corrupt_image",
-            f"The {source_format} data is corrupt or truncated and cannot be decoded.",
+            "too_much_metadata",
+            f"The PNG's text is too large: at most "
+            f"{PngImagePlugin.MAX_TEXT_CHUNK // 2**20} MiB per chunk once decompressed "
+            f"(the ICC profile included) and {PngImagePlugin.MAX_TEXT_MEMORY // 2**20} MiB "
+            "in all are accepted.",
         ) from exc
+    except Exception as exc:
+        raise _corrupt(source_format) from exc
 
 
 def _check_header(image: Image.Image, source_format: str, limits: Limits) -> None:
@@ -298,8 +491,11 @@ def _check_header(image: Image.Image, source_format: str, limits: Limits) -> Non
 
 
 def _decoded(image: Image.Image, source_format: str) -> DecodedImage:
+    # A PNG's EXIF and text may follow the image data, so they are known only once loaded.
+    image.load()
+    _check_exif_size(image.info)
     icc_profile = None if image.mode == "CMYK" else image.info.get("icc_profile") or None
-    upright = ImageOps.exif_transpose(image)
+    upright = _upright(image)
     if upright.mode in _SIXTEEN_BIT_GREY_MODES:
         rgb, alpha = _sixteen_bit_grey(upright)
         grayscale, sixteen_bit = True, True
@@ -308,6 +504,32 @@ def _decoded(image: Image.Image, source_format: str) -> DecodedImage:
         rgb, alpha = _eight_bit(upright, grayscale=grayscale)
         sixteen_bit = False
     return DecodedImage(rgb, alpha, grayscale, sixteen_bit, icc_profile, source_format)
+
+
+def _check_exif_size(info: Mapping[str, object]) -> None:
+    exif = info.get("exif")
+    # ImageMagick keeps a PNG's EXIF as hexadecimal text, which Pillow reads when there
+    # is no eXIf chunk: two characters a byte.
+    raw_profile = info.get("Raw profile type exif")
+    size = len(exif) if isinstance(exif, bytes) else len(str(raw_profile or "")) // 2
+    if size > MAX_EXIF_BYTES:
+        raise ImageRejected(
+            422,
+            "too_much_metadata",
+            f"The image's EXIF is {size:,} bytes; at most {MAX_EXIF_BYTES:,} (what a JPEG "
+            "can hold) are accepted.",
+        )
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF (or XMP) orientation says it is meant to be shown.
+
+    ImageOps.exif_transpose turns it the same way, but then rewrites the EXIF and XMP of
+    the image it returns, or copies an image that needs no turning: work for metadata
+    and pixels we would throw away.
+    """
+    method = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation))
+    return image if method is None else image.transpose(method)
 
 
 def _sixteen_bit_grey(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:

@@ -17,6 +17,11 @@ from typing import Any
 
 WEIGHTS_FILE = "weights.weights.h5"
 SPEC_FILE = "model.json"
+# The OpenVINO network derived from the weights at export (rdn.derive_openvino), the
+# form the server runs; model.json's "openvino" entry records the checksums of both files
+# and of the weights they were derived from.
+OPENVINO_DIR = "openvino"
+OPENVINO_FILES = ("model.xml", "model.bin")
 
 
 class ModelFolderError(RuntimeError):
@@ -100,6 +105,27 @@ class ModelFolder:
     @property
     def weights_path(self) -> Path:
         return self.path / WEIGHTS_FILE
+
+    def openvino_model(self) -> Path:
+        """The derived OpenVINO network's ``model.xml``, checked against ``model.json``.
+
+        A missing entry, a missing file, a changed file or one derived from other weights
+        is a ModelFolderError: serving a network that is not these weights' would be silent.
+        """
+        record = self.spec.get("openvino")
+        where = self.path / OPENVINO_DIR
+        if not record:
+            raise ModelFolderError(
+                f"{self.path} has no OpenVINO network; derive it with "
+                f"`python -m supersizeme.export --derive {self.path}`"
+            )
+        if record.get("weights_sha256") != self.spec.get("weights_sha256"):
+            raise ModelFolderError(f"{where} was derived from other weights; derive it again")
+        for name in OPENVINO_FILES:
+            path = where / name
+            if not path.is_file() or sha256_of(path) != record["sha256"].get(name):
+                raise ModelFolderError(f"{path} is missing or does not match {SPEC_FILE}")
+        return where / OPENVINO_FILES[0]
 
     @classmethod
     def open(cls, path: str | Path) -> ModelFolder:

@@ -15,9 +15,10 @@ import numpy as np
 from PIL import Image
 
 from supersizeme.images import DecodedImage, Limits, check_encodable, decode, encode
+from supersizeme.tiling import Stop
 
-# An HxWx3 float image and a monotonic deadline (or None) -> the upscaled image.
-Upscale = Callable[[np.ndarray, float | None], np.ndarray]
+# An HxWx3 float image and when to give up on it (or None: never) -> the upscaled image.
+Upscale = Callable[[np.ndarray, Stop | None], np.ndarray]
 
 # x4 is the x2 network run twice (progressive upsampling), not a network of its own.
 SCALES = (2, 4)
@@ -52,20 +53,19 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     return np.asarray(mask.resize((width * scale, height * scale), Image.Resampling.BICUBIC))
 
 
-def progressive(
-    rgb: np.ndarray, upscale: Upscale, scale: int, deadline: float | None
-) -> np.ndarray:
+def progressive(rgb: np.ndarray, upscale: Upscale, scale: int, stop: Stop | None) -> np.ndarray:
     """Run the network until the image is ``scale`` times larger: once for x2, twice for x4.
 
     Between passes the image is clipped to [0, 1], the range the network was trained
     on, as if its x2 result had been saved and sent again (but without rounding). Every
-    pass checks ``deadline`` between tiles, so one deadline covers them all.
+    pass checks ``stop`` between tiles, so one deadline covers them all and a client that
+    hangs up during either pass costs at most one more tile.
     """
     height, width = rgb.shape[:2]
     while rgb.shape[0] < height * scale:
         if rgb.shape[0] > height:
             rgb = np.clip(rgb, 0.0, 1.0)
-        rgb = upscale(rgb, deadline)
+        rgb = upscale(rgb, stop)
     if rgb.shape[:2] != (height * scale, width * scale):
         raise ValueError(f"the network's factor cannot make x{scale} in whole passes")
     return rgb
@@ -90,12 +90,12 @@ def upscale_decoded(
     image: DecodedImage,
     upscale: Upscale,
     scale: int,
-    deadline: float | None,
+    stop: Stop | None,
     timings: Timings,
     image_format: str = "png",
 ) -> bytes:
     started = time.perf_counter()
-    rgb = progressive(image.rgb, upscale, scale, deadline)
+    rgb = progressive(image.rgb, upscale, scale, stop)
     alpha = upscale_alpha(image.alpha, scale) if image.alpha is not None else None
     timings.inference = time.perf_counter() - started
     started = time.perf_counter()
@@ -116,10 +116,10 @@ def supersize(
     upscale: Upscale,
     scale: int,
     limits: Limits,
-    deadline: float | None = None,
+    stop: Stop | None = None,
     image_format: str = "png",
 ) -> tuple[bytes, Timings]:
     """Decode and validate ``data``, upscale it ``scale`` times, and encode the result."""
     timings = Timings()
     image = decode_for(data, limits, scale, image_format, timings)
-    return upscale_decoded(image, upscale, scale, deadline, timings, image_format), timings
+    return upscale_decoded(image, upscale, scale, stop, timings, image_format), timings

@@ -1,13 +1,14 @@
-"""The worker's RDN: loaded once per process, after gunicorn forks.
+"""The worker's model: loaded once per process, after gunicorn forks, and timed.
 
-TensorFlow is not fork-safe, so nothing here runs at import time; ``load`` is called
-from the app factory inside each worker. Loaded networks are cached per process, keyed
-by what defines them, so a second app in the same process (the test suite) reuses the
-first one's network instead of building another.
+Nothing here runs at import time; ``load`` is called from the app factory inside each
+worker. Loaded models are cached per process, keyed by what defines them, so a second
+app in the same process (the test suite) reuses the first one's network instead of
+building another.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,68 +16,189 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from supersizeme.machine import cpu_flags, reported_flags
 from supersizeme.modelspec import ModelFolder
-from supersizeme.tiling import TiledUpscaler
+from supersizeme.runtime import choose_precision, load_network
+from supersizeme.tiling import Stop, TiledUpscaler
 
-_cache: dict[tuple, TiledUpscaler] = {}
+log = logging.getLogger("supersizeme")
+
+_cache: dict[tuple, ServedModel] = {}
 _cache_lock = threading.Lock()
+
+# The warm-up image whose timing gives the worker's speed: big enough that per-call
+# overheads are small next to the convolutions, small enough to cost well under a second
+# of start-up on the shipped model.
+SPEED_PROBE_SIDE = 256
+SPEED_PROBE_RUNS = 3
 
 
 @dataclass(frozen=True)
 class LoadSettings:
-    precision: str = "float32"
+    runtime: str = "openvino"
+    precision: str = "auto"
     tile: int = 512
-    intra_op_threads: int = 1
+    threads: int = 1
 
 
-def load(folder: ModelFolder, settings: LoadSettings) -> TiledUpscaler:
-    """Build the network, load its weights and warm it up; cached per process."""
-    key = (str(folder.weights_path.resolve()), folder.spec.get("weights_sha256"), settings)
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded network, tiled, with what it runs on and how fast it went at warm-up."""
+
+    upscaler: TiledUpscaler
+    runtime: str
+    precision: str
+    precision_reason: str
+    threads: int
+    cpu_features: list[str]
+    # Seconds of inference per input megapixel, tile overlap included: the warm-up probe's
+    # time scaled by how much more a full tile computes than it keeps.
+    seconds_per_megapixel: float
+
+    def __call__(self, image: np.ndarray, stop: Stop | None = None) -> np.ndarray:
+        return self.upscaler(image, stop)
+
+
+def measure_speed(upscaler: TiledUpscaler) -> float:
+    """Seconds per input megapixel of ``upscaler`` on interior tiles, measured now."""
+    probe = np.random.default_rng(0).random((SPEED_PROBE_SIDE, SPEED_PROBE_SIDE, 3), np.float32)
+    upscaler(probe)  # the first call at a new size prepares kernels for it
+    # The fastest of a few runs: the speed of the machine, not of whatever else was
+    # starting on it at the same moment (other workers loading their models).
+    timings = []
+    for _ in range(SPEED_PROBE_RUNS):
+        started = time.perf_counter()
+        upscaler(probe)
+        timings.append(time.perf_counter() - started)
+    per_pixel = min(timings) / SPEED_PROBE_SIDE**2
+    overlap = ((upscaler.tile + 2 * upscaler.overlap) / upscaler.tile) ** 2
+    return per_pixel * overlap * 1e6
+
+
+def load(folder: ModelFolder, settings: LoadSettings) -> ServedModel:
+    """Build the network in its runtime, warm it up and time it; cached per process."""
+    key = (str(folder.path.resolve()), folder.spec.get("weights_sha256"), settings)
     with _cache_lock:
         if key not in _cache:
-            from supersizeme.rdn import compile_network, configure_threads, load_rdn
-
-            configure_threads(settings.intra_op_threads)
-            network = compile_network(load_rdn(folder, settings.precision))
+            flags = cpu_flags()
+            choice = choose_precision(settings.precision, flags, folder.spec)
+            network = load_network(folder, settings.runtime, choice.precision, settings.threads)
             upscaler = TiledUpscaler(
-                network,
+                network.run,
                 scale=folder.params.scale,
                 overlap=folder.params.receptive_radius,
                 tile=settings.tile,
             )
-            # The first call traces the graph and builds oneDNN kernels: pay for it here,
-            # not in the first user's request.
-            upscaler(np.zeros((32, 32, 3), np.float32))
-            _cache[key] = upscaler
+            reason = choice.reason
+            if network.precision != choice.precision:
+                reason = (
+                    f"{choice.precision} asked, but {network.runtime} runs {network.precision} here"
+                )
+            _cache[key] = ServedModel(
+                upscaler=upscaler,
+                runtime=network.runtime,
+                precision=network.precision,
+                precision_reason=reason,
+                threads=settings.threads,
+                cpu_features=reported_flags(flags),
+                seconds_per_megapixel=measure_speed(upscaler),
+            )
         return _cache[key]
 
 
-class ModelSlot:
-    """One worker's model: loading, then ready (or failed), as /readyz reports it."""
+def speed_cap(max_pixels: int, seconds_per_megapixel: float, deadline_seconds: float) -> int:
+    """The largest input, in pixels, whose inference fits in half the deadline (at most
+    ``max_pixels``), rounded down to ten thousand pixels.
 
-    def __init__(self, folder: ModelFolder, settings: LoadSettings):
+    Half, so that an image at the cap can wait behind another request in the same worker,
+    and be decoded and encoded, and still finish in time.
+    """
+    servable = deadline_seconds / 2 / seconds_per_megapixel * 1e6
+    return min(max_pixels, max(10_000, int(servable) // 10_000 * 10_000))
+
+
+@dataclass(frozen=True)
+class PixelCap:
+    """The configured input pixel cap at x2, and whether an operator set it."""
+
+    max_pixels: int
+    deadline_seconds: float
+    explicit: bool = False
+
+
+class ModelSlot:
+    """One worker's model: loading, then ready (or failed), as /readyz reports it.
+
+    ``max_pixels`` is the cap in force: the configured one, lowered once the model is
+    timed if this machine could not serve it within half the deadline (unless an
+    operator set it).
+    """
+
+    def __init__(self, folder: ModelFolder, settings: LoadSettings, cap: PixelCap):
         self.folder = folder
         self.settings = settings
-        self.upscaler: TiledUpscaler | None = None
+        self.cap = cap
+        self.max_pixels = cap.max_pixels
+        self.served: ServedModel | None = None
         self.error: str | None = None
         self.loaded_at: float | None = None
         self._ready = threading.Event()
 
     @property
+    def upscaler(self) -> TiledUpscaler | None:
+        return self.served.upscaler if self.served else None
+
+    @property
+    def precision(self) -> str:
+        """The precision computed in: as measured once loaded, as chosen before."""
+        if self.served is not None:
+            return self.served.precision
+        return choose_precision(self.settings.precision, cpu_flags(), self.folder.spec).precision
+
+    @property
     def state(self) -> str:
-        if self.upscaler is not None:
+        if self.served is not None:
             return "ready"
         return "failed" if self.error else "loading"
 
     def load(self) -> None:
         try:
-            self.upscaler = load(self.folder, self.settings)
+            served = load(self.folder, self.settings)
+            self.max_pixels = self._cap_in_force(served)
+            self.served = served
             self.loaded_at = time.time()
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             self._ready.set()
+
+    def _cap_in_force(self, served: ServedModel) -> int:
+        cap = self.cap
+        fitting = speed_cap(cap.max_pixels, served.seconds_per_megapixel, cap.deadline_seconds)
+        if fitting >= cap.max_pixels:
+            return cap.max_pixels
+        if cap.explicit:
+            log.warning(
+                "SSM_MAX_PIXELS=%d is kept as set, but at the measured %.1f s per megapixel "
+                "an image at the cap needs more than half the %g s deadline",
+                cap.max_pixels,
+                served.seconds_per_megapixel,
+                cap.deadline_seconds,
+            )
+            return cap.max_pixels
+        log.warning(
+            "pixel cap lowered from %d to %d: this machine measured %.1f s per megapixel "
+            "(%s, %s, %d threads), and an image at the cap must fit in half the %g s deadline",
+            cap.max_pixels,
+            fitting,
+            served.seconds_per_megapixel,
+            served.runtime,
+            served.precision,
+            served.threads,
+            cap.deadline_seconds,
+        )
+        return fitting
 
     def load_in_background(self, on_failure: Callable[[ModelSlot], None]) -> threading.Thread:
         def run() -> None:

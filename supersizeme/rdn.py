@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from supersizeme.modelspec import (
+    OPENVINO_DIR,
+    OPENVINO_FILES,
     WEIGHTS_FILE,
     ModelFolder,
     ModelFolderError,
@@ -28,6 +30,7 @@ from supersizeme.modelspec import (
 
 if TYPE_CHECKING:
     import keras
+    import openvino
     import tensorflow as tf
 
 PRECISIONS = ("float32", "bfloat16")
@@ -144,17 +147,33 @@ def set_named_weights(model: keras.Model, named: dict[str, np.ndarray]) -> None:
         layer.set_weights([named[f"{layer.name}/kernel"], named[f"{layer.name}/bias"]])
 
 
-def compile_network(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-    """A graph-mode forward pass for any input size, traced once.
+def _graph(
+    model: keras.Model, jit_compile: bool = False
+) -> tf.types.experimental.PolymorphicFunction:
+    """The forward pass as one TensorFlow graph for any input size.
 
     Graph mode lets TensorFlow fuse each convolution with its bias and ReLU, and one
     signature with free height and width keeps tiles of new sizes from retracing.
+    ``jit_compile`` hands the graph to XLA (compiled once per input size).
     """
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)], jit_compile=jit_compile
+    )
     def forward(batch: tf.Tensor) -> tf.Tensor:
         return tf.cast(model(batch, training=False), tf.float32)
+
+    return forward
+
+
+def compile_network(
+    model: keras.Model, jit_compile: bool = False
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The reference runtime: the Keras network in a TensorFlow graph, traced once."""
+    import tensorflow as tf
+
+    forward = _graph(model, jit_compile)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return forward(tf.constant(batch, tf.float32)).numpy()
@@ -162,10 +181,45 @@ def compile_network(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
+def to_openvino(model: keras.Model) -> openvino.Model:
+    """The network as an OpenVINO model, converted from the graph the reference runs."""
+    import openvino
+
+    return openvino.convert_model(_graph(model))
+
+
+def derive_openvino(folder: ModelFolder) -> ModelFolder:
+    """Convert the folder's float32 Keras network to OpenVINO and record both checksums.
+
+    The conversion reads the same traced graph that the reference runtime runs, with the
+    weights kept in float32 (no fp16 compression); it is deterministic, so deriving again
+    from the same weights writes the same bytes. Precision is chosen later, when the
+    server compiles the network for the CPU it finds.
+    """
+    import openvino
+
+    converted = to_openvino(load_rdn(folder, "float32"))
+    where = folder.path / OPENVINO_DIR
+    where.mkdir(exist_ok=True)
+    xml = where / OPENVINO_FILES[0]
+    openvino.save_model(converted, str(xml), compress_to_fp16=False)
+    spec = {
+        **folder.spec,
+        "openvino": {
+            "version": openvino.get_version(),
+            "weights_sha256": folder.spec.get("weights_sha256"),
+            "sha256": {name: sha256_of(where / name) for name in OPENVINO_FILES},
+        },
+    }
+    write_spec(folder.path, spec)
+    return ModelFolder.open(folder.path)
+
+
 def save_model_folder(
     model: keras.Model, params: RDNParams, path: str | Path, spec: dict | None = None
 ) -> ModelFolder:
-    """Write ``model``'s weights and a ``model.json`` (parameters, sha256, ``spec``)."""
+    """Write ``model``'s weights, their OpenVINO form and a ``model.json`` (parameters,
+    checksums, ``spec``)."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_FILE
@@ -179,4 +233,4 @@ def save_model_folder(
             **(spec or {}),
         },
     )
-    return ModelFolder.open(folder)
+    return derive_openvino(ModelFolder.open(folder))

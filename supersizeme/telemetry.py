@@ -4,17 +4,23 @@ Under gunicorn every worker is its own process, so a counter kept in memory woul
 the worker that happened to answer the scrape. With ``PROMETHEUS_MULTIPROC_DIR`` set (as
 gunicorn.conf.py does before forking) prometheus_client writes each process's values to
 files in that directory and ``/metrics`` sums them over all workers, the dead ones included,
-so that totals survive worker restarts. Without it (the Flask test client, a bare
-``create_app``) each app keeps its own registry in memory.
+so that totals survive worker restarts; ``fold_dead_worker`` adds each dead worker's files
+into one set for all of them, so that the directory does not grow with every worker that
+ever lived. Without it (the Flask test client, a bare ``create_app``) each app keeps its own
+registry in memory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from flask import Request, Response, g
 from prometheus_client import (
@@ -26,7 +32,8 @@ from prometheus_client import (
     generate_latest,
     values,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from supersizeme.modelspec import ModelFolder
 
@@ -41,6 +48,15 @@ PIXEL_BUCKETS = (16_384, 65_536, 262_144, 500_000, 1_000_000, 1_500_000, 2_000_0
 # Requests that matched no route (404, 405) share one label: a scanner trying thousands of
 # paths must not create thousands of series.
 UNMATCHED = "unmatched"
+
+# Series of these types only ever add up, so every dead worker's values can be kept as
+# their sum, in one file per type: "<type>_<pid>.db" becomes "<type>_dead.db".
+# MultiProcessCollector reads the type from the name and ignores the rest.
+_ADDITIVE_TYPES = ("counter", "histogram", "summary")
+_DEAD = "dead"
+# Held shared by a scrape and exclusively while a dead worker's files are folded, so that
+# no scrape reads a worker's counts both in its own file and in the sum, or in neither.
+_LOCK_FILE = ".fold.lock"
 
 
 @dataclass
@@ -195,8 +211,81 @@ class Telemetry:
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format of every worker's series, and its content type."""
         registry = self.registry
-        if registry is None:
-            # A fresh registry per scrape, as prometheus_client's multiprocess mode requires.
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        if registry is not None:
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        # A fresh registry per scrape, as prometheus_client's multiprocess mode requires.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        with _folding_lock(Path(os.environ[MULTIPROCESS_DIR_VARIABLE]), fcntl.LOCK_SH):
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def fold_dead_worker(pid: int, directory: Path, wait: float = 2.0) -> bool:
+    """Add a dead worker's counters, histograms and summaries into the dead workers' files.
+
+    Its own files are then removed: the totals stay the same, and the directory keeps one
+    file per type for all dead workers instead of a few for every worker that ever lived,
+    each read by every scrape. Its gauges go as prometheus_client's ``mark_process_dead``
+    has them go: the live ones (in-flight requests, model info) are removed, the others
+    stay as they are, under the dead worker's pid.
+
+    Returns False, leaving the counts where they were, if scrapes kept the directory
+    busy for ``wait`` seconds: they count the same unfolded, and the caller, gunicorn's
+    master, must not stall.
+    """
+    mark_process_dead(pid, str(directory))
+    with _folding_lock(directory, fcntl.LOCK_EX, wait) as locked:
+        if not locked:
+            return False
+        for kind in _ADDITIVE_TYPES:
+            own = directory / f"{kind}_{pid}.db"
+            if own.exists():
+                _add_into(directory / f"{kind}_{_DEAD}.db", own)
+                own.unlink()
+    return True
+
+
+def _add_into(total: Path, addition: Path) -> None:
+    """Rewrite ``total`` as itself plus ``addition``, key by key, replacing it at once."""
+    sums: dict[str, float] = {}
+    for path in (total, addition):
+        if path.exists():
+            for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(
+                str(path)
+            ):
+                sums[key] = sums.get(key, 0.0) + value
+    # Not *.db, so that no scrape reads it before it is complete; MmapedDict would keep
+    # the values of one left over by a master killed halfway.
+    partial = total.with_name(f".{total.name}.partial")
+    partial.unlink(missing_ok=True)
+    written = MmapedDict(str(partial))
+    try:
+        for key, value in sums.items():
+            written.write_value(key, value, 0.0)
+    finally:
+        written.close()
+    os.replace(partial, total)
+
+
+@contextmanager
+def _folding_lock(directory: Path, operation: int, wait: float | None = None) -> Iterator[bool]:
+    """flock on the directory's lock file, yielding whether it was taken.
+
+    Without ``wait`` it waits as long as it takes (a fold takes milliseconds); with it,
+    it gives up after that many seconds.
+    """
+    with open(directory / _LOCK_FILE, "a") as lock:
+        give_up = None if wait is None else time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(lock, operation | (0 if give_up is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if time.monotonic() > give_up:
+                    yield False
+                    return
+                time.sleep(0.01)
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -22,7 +22,41 @@ Network = Callable[[np.ndarray], np.ndarray]
 
 
 class DeadlineExceeded(Exception):
-    """The request's deadline passed between two tiles."""
+    """The request's deadline passed before its work was done."""
+
+
+class ClientGone(Exception):
+    """The client closed its connection: nobody is left to read the answer."""
+
+
+def never_gone() -> bool:
+    """The client check of work with no client to lose: the CLI, the evaluation, a request
+    without its socket."""
+    return False
+
+
+@dataclass(frozen=True)
+class Stop:
+    """When the work for one request must end early: at its deadline, or once its client
+    has hung up. Checked between tiles and while waiting for the inference turn, so an
+    abandoned or overdue request costs at most one more tile.
+    """
+
+    deadline: float | None = None  # a time.monotonic() instant
+    client_gone: Callable[[], bool] = never_gone
+
+    def check(self) -> None:
+        """Raise ClientGone or DeadlineExceeded if the work should stop now."""
+        # The client first: when both hold, the answer could not be delivered anyway, and
+        # the log should say the client left rather than that the server was slow.
+        if self.client_gone():
+            raise ClientGone
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineExceeded
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the deadline (0 once past), or None without one."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
 
 def tile_spans(length: int, tile: int) -> list[tuple[int, int]]:
@@ -43,15 +77,15 @@ class TiledUpscaler:
     overlap: int
     tile: int = 512
 
-    def __call__(self, image: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Upscale an HxWx3 float image; ``deadline`` is a ``time.monotonic()`` instant."""
+    def __call__(self, image: np.ndarray, stop: Stop | None = None) -> np.ndarray:
+        """Upscale an HxWx3 float image, checking ``stop`` before each tile."""
         height, width = image.shape[:2]
         s, pad = self.scale, self.overlap
         output = np.empty((height * s, width * s, image.shape[2]), np.float32)
         for y0, y1 in tile_spans(height, self.tile):
             for x0, x1 in tile_spans(width, self.tile):
-                if deadline is not None and time.monotonic() > deadline:
-                    raise DeadlineExceeded
+                if stop is not None:
+                    stop.check()
                 top, left = max(0, y0 - pad), max(0, x0 - pad)
                 bottom, right = min(height, y1 + pad), min(width, x1 + pad)
                 result = self.network(image[None, top:bottom, left:right])[0]

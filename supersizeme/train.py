@@ -356,7 +356,7 @@ def train(config: TrainConfig) -> Path:
     run = Run(config)
     config = run.config
 
-    from supersizeme.config import cpu_count
+    from supersizeme.machine import cpu_count
     from supersizeme.rdn import build_rdn, configure_threads, set_named_weights
 
     # cpu_count() honours taskset and container quotas, so two runs can share a machine.

@@ -109,3 +109,56 @@ def running_gunicorn(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def front_command() -> list[str]:
+    """The launcher `make serve` and the Docker image run: nginx in front of gunicorn."""
+    return [sys.executable, "-m", "front.serve"]
+
+
+@contextmanager
+def running_front(
+    model_dir: Path, log: Path, workers: int = 1, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """The service as `make serve` starts it (nginx on a free loopback port, gunicorn on a
+    unix socket behind it), yielded once /readyz through nginx says 200; SIGTERM and wait
+    after. ``process`` is the launcher."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "SSM_BIND": f"127.0.0.1:{port}",
+        "SSM_WORKERS": str(workers),
+        "SSM_MODEL_DIR": str(model_dir),
+        **(env or {}),
+    }
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            front_command(),
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(port, log, process)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError("the front exited:\n" + server.log_text())
+            try:
+                if request(port, "GET", "/readyz", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("the front did not become ready:\n" + server.log_text())
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

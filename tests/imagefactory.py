@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from io import BytesIO
@@ -97,3 +98,54 @@ def grey_profile() -> bytes:
     profile = bytearray(srgb_profile())
     profile[16:20] = b"GRAY"  # the header's data colour space
     return bytes(profile)
+
+
+def jpeg_segments(data: bytes) -> list[bytes]:
+    """A JPEG as Pillow writes it, cut into its marker segments from SOI to EOI.
+
+    A scan's segment runs on over its entropy-coded data, up to the next marker that is
+    neither a stuffed 0xFF (0xFF00) nor a restart marker.
+    """
+    segments, position = [data[:2]], 2
+    while data[position + 1] != 0xD9:
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        end = position + 2 + length
+        if data[position + 1] == 0xDA:
+            end = re.compile(rb"\xff[^\x00\xd0-\xd7]").search(data, end).start()
+        segments.append(data[position:end])
+        position = end
+    return [*segments, data[position : position + 2]]
+
+
+def many_scan_jpeg(image: Image.Image, extra_scans: int, **options: object) -> bytes:
+    """``image`` as a progressive JPEG with ``extra_scans`` more copies of its smallest scan.
+
+    libjpeg decodes every copy over the whole image and only warns that the progression
+    repeats itself; for a flat image the smallest scan is 12 bytes (one run of empty
+    blocks), the decode-time trap of a progressive JPEG.
+    """
+    segments = jpeg_segments(jpeg(image, progressive=True, **options))
+    smallest = min((s for s in segments if s[1] == 0xDA), key=len)
+    at = segments.index(smallest) + 1
+    return b"".join([*segments[:at], *[smallest] * extra_scans, *segments[at:]])
+
+
+def jpeg_with_segments(data: bytes, *extra: bytes) -> bytes:
+    """A JPEG with ``extra`` bytes (segments, padding) put between SOI and its first marker."""
+    return data[:2] + b"".join(extra) + data[2:]
+
+
+def jpeg_segment(code: int, payload: bytes) -> bytes:
+    """A JPEG marker segment: 0xFF, ``code``, the length, ``payload``."""
+    return bytes([0xFF, code]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def jpeg_comment(payload: bytes) -> bytes:
+    """A COM (comment) marker segment."""
+    return jpeg_segment(0xFE, payload)
+
+
+def png_with_chunks(data: bytes, *chunks: bytes, after_image: bool = False) -> bytes:
+    """A PNG with ``chunks`` put after IHDR, or just before IEND with ``after_image``."""
+    at = len(data) - 12 if after_image else len(PNG_SIGNATURE) + 25
+    return data[:at] + b"".join(chunks) + data[at:]

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import threading
 import time
 
 import numpy as np
 import pytest
 from imagefactory import encoded as factory_encoded
 from imagefactory import gradient, rgb48_png, srgb_profile
+from loopback import connected_pair
 from PIL import Image
+from prometheus_text import parse_samples, value
 from werkzeug.datastructures import MultiDict
 
 from supersizeme.admission import InferenceGate
+from supersizeme.connection import SOCKET_KEY
 from supersizeme.predictor import ModelSlot
+from supersizeme.tiling import Stop
 
 
 def picture(mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> Image.Image:
@@ -209,7 +215,7 @@ def test_unknown_route_and_wrong_method_are_json(client):
 
 def test_not_ready_worker_answers_503_with_retry_after(app, client):
     loaded = app.extensions["supersizeme.model"]
-    app.extensions["supersizeme.model"] = ModelSlot(loaded.folder, loaded.settings)
+    app.extensions["supersizeme.model"] = ModelSlot(loaded.folder, loaded.settings, loaded.cap)
     response = post(client, encoded(picture()))
     assert_error(response, 503, "not_ready")
     assert response.headers["Retry-After"]
@@ -253,11 +259,104 @@ def test_health_ready_and_model_endpoints(client, tiny_model_dir):
 def test_full_worker_answers_429_and_still_reports_health(app, client):
     gate = InferenceGate(max_waiting=0)
     app.extensions["supersizeme.gate"] = gate
-    with gate.turn(time.monotonic() + 10):
+    with gate.turn(Stop(deadline=time.monotonic() + 10)):
         response = post(client, encoded(picture()))
         assert_error(response, 429, "overloaded")
         assert response.headers["Retry-After"]
         assert client.get("/healthz").status_code == 200
+
+
+class Unread(io.RawIOBase):
+    """A request body that fails the request if anything reads it."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        raise AssertionError("the body was read")
+
+
+def post_stream(client, stream, length: int | None, **environ):
+    """POST a body read from ``stream`` as the server's own input (a socket's, say), with
+    ``length`` as its Content-Length or, for None, chunked."""
+    framing = (
+        {"CONTENT_LENGTH": str(length)}
+        if length is not None
+        else {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}
+    )
+    return client.post(
+        "/supersizeme/",
+        content_type="image/png",
+        environ_overrides={"wsgi.input": stream, **framing, **environ},
+    )
+
+
+@pytest.mark.parametrize("length", [1_000_000, None], ids=["content-length", "chunked"])
+def test_a_full_worker_refuses_before_reading_the_body(app, client, length):
+    gate = InferenceGate(max_waiting=0)
+    app.extensions["supersizeme.gate"] = gate
+    with gate.turn(Stop()):
+        response = post_stream(client, Unread(), length)
+    assert_error(response, 429, "overloaded")
+
+
+def test_a_declared_oversize_body_gets_413_before_429(app, client):
+    gate = InferenceGate(max_waiting=0)
+    app.extensions["supersizeme.gate"] = gate
+    with gate.turn(Stop()):
+        response = post_stream(client, Unread(), 6 * 1024 * 1024)
+    assert_error(response, 413, "payload_too_large")
+
+
+def send_slowly(sock, data: bytes, seconds: float, pieces: int = 10) -> threading.Thread:
+    """Send ``data`` over ``seconds`` in even pieces, from a thread."""
+
+    def run() -> None:
+        for index in range(pieces):
+            time.sleep(seconds / pieces)
+            sock.sendall(data[index * len(data) // pieces : (index + 1) * len(data) // pieces])
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_the_deadline_starts_once_the_body_has_arrived(app, client):
+    app.config["DEADLINE_SECONDS"] = 0.3
+    data = encoded(picture())
+    with connected_pair() as (peer, server):
+        sender = send_slowly(peer, data, seconds=0.8)
+        response = post_stream(client, server.makefile("rb"), len(data), **{SOCKET_KEY: server})
+        sender.join(5)
+    assert as_image(response).size == (80, 60)
+
+
+def test_a_body_slower_than_the_upload_limit_gets_408(app, client):
+    app.config["UPLOAD_SECONDS"] = 0.3
+    data = encoded(picture())
+    with connected_pair() as (peer, server):
+        peer.sendall(data[:100])  # and nothing more
+        server.settimeout(10)  # ends the test even if nothing else ends the read
+        started = time.monotonic()
+        response = post_stream(client, server.makefile("rb"), len(data), **{SOCKET_KEY: server})
+    body = assert_error(response, 408, "upload_timeout")
+    assert "0.3 s" in body["message"]
+    assert time.monotonic() - started < 2
+
+
+def test_a_client_that_hung_up_is_logged_and_counted_as_499(app, client, caplog):
+    caplog.set_level(logging.INFO, logger="supersizeme.requests")
+    with connected_pair() as (peer, server):
+        peer.close()
+        response = post(client, encoded(picture()), environ_overrides={SOCKET_KEY: server})
+    assert response.status_code == 499
+    assert "Retry-After" not in response.headers
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name.endswith("requests")]
+    assert (line["status"], line["error"]) == (499, "client_closed_request")
+    assert "inference_s" not in line  # stopped before its first tile
+    samples = parse_samples(client.get("/metrics").get_data(as_text=True))
+    assert value(samples, "ssm_requests_total", endpoint="/supersizeme/", status="499") == 1
+    assert value(samples, "ssm_rejected_requests_total", reason="client_closed_request") == 1
 
 
 def test_two_files_under_one_field_name(client):

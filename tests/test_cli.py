@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,82 @@ def test_a_file_named_twice_is_done_once(tmp_path, tiny_model_dir, capsys):
     common = ("--out", tmp_path / "out", "--model", tiny_model_dir)
     assert upscale(tmp_path / "a.png", tmp_path, *common) == 0
     assert "1 written, 0 failed." in capsys.readouterr().out
+
+
+def run_in_a_child(*args: object) -> subprocess.CompletedProcess:
+    """The command line in a child process with its address space capped at 8 GiB, so that
+    a regression that reads an endless device fails this test instead of the machine."""
+    script = (
+        "import resource, runpy, sys; "
+        "resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30)); "
+        "sys.argv[0] = 'supersizeme'; "
+        "runpy.run_module('supersizeme', run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,  # a FIFO read would block forever
+    )
+
+
+def test_fifos_and_devices_are_refused_and_the_run_goes_on(tmp_path, tiny_model_dir):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(png(picture()))
+    os.mkfifo(folder / "pipe.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "named.jpg")
+    out = tmp_path / "out"
+    completed = run_in_a_child(
+        "upscale", folder, tmp_path / "named.jpg", "--out", out, "--model", tiny_model_dir
+    )
+    assert completed.returncode == 1, completed.stderr
+    assert "1 written, 3 failed:" in completed.stdout
+    for path, message in [
+        (folder / "pipe.png", "a FIFO (named pipe), not a regular file"),
+        (folder / "zero.png", "a character device, not a regular file"),
+        (tmp_path / "named.jpg", "a FIFO (named pipe), neither a file nor a folder"),
+    ]:
+        assert f"{path}: not_a_file: {message}" in completed.stdout
+    assert size_of(out / "good-x2.png") == (40, 24)
+    assert "Traceback" not in completed.stdout + completed.stderr
+
+
+def test_results_are_never_written_through_a_symbolic_link(
+    tmp_path, tiny_model_dir, capsys, monkeypatch
+):
+    (tmp_path / "a.png").write_bytes(png(picture()))
+    (tmp_path / "b.png").write_bytes(png(picture()))
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    common = ("--out", out, "--model", tiny_model_dir)
+    # Links planted at the final name and at the temporary name the CLI once used: the
+    # final one is replaced by the result, its target left alone.
+    (out / "a-x2.png").symlink_to(victim)
+    (out / ".a-x2.png.part").symlink_to(victim)
+    assert upscale(tmp_path / "a.png", *common) == 0
+    assert not (out / "a-x2.png").is_symlink() and size_of(out / "a-x2.png") == (40, 24)
+    assert victim.read_text() == "precious"
+    # A link at the very temporary name (made guessable here): the write fails instead.
+    monkeypatch.setattr(cli.secrets, "token_hex", lambda nbytes: "guessed")
+    (out / ".b-x2.png.guessed.part").symlink_to(victim)
+    assert upscale(tmp_path / "b.png", *common) == 1
+    assert f"{tmp_path / 'b.png'}: write_failed: File exists" in capsys.readouterr().out
+    assert victim.read_text() == "precious"
+    assert (out / ".b-x2.png.guessed.part").is_symlink() and not (out / "b-x2.png").exists()
+
+
+def test_an_interrupted_write_leaves_no_partial_file(tmp_path, tiny_model_dir, monkeypatch):
+    (tmp_path / "a.png").write_bytes(png(picture()))
+
+    def interrupted(source, target):
+        assert Path(source).read_bytes()  # the temporary file was complete
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.os, "replace", interrupted)
+    assert upscale(tmp_path / "a.png", "--out", tmp_path / "out", "--model", tiny_model_dir) == 130
+    assert list((tmp_path / "out").iterdir()) == []

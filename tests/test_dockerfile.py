@@ -29,11 +29,17 @@ def test_hadolint_would_catch_a_mistake(tmp_path):
     assert subprocess.run([hadolint(), str(bad)], capture_output=True).returncode != 0
 
 
-def test_installs_like_the_makefile_and_runs_unprivileged():
+def test_installs_and_serves_like_the_makefile_and_runs_unprivileged():
     text = DOCKERFILE.read_text()
     makefile = (REPO_ROOT / "Makefile").read_text()
     for step in ("-r requirements.txt", "--no-deps -r requirements-isr.txt"):
         assert step in text and step in makefile
     assert "COPY models ./models" in text
     assert "HEALTHCHECK" in text and "USER 10001" in text
-    assert 'CMD ["gunicorn", "--config", "gunicorn.conf.py", "app:app"]' in text
+    # The same front as `make serve`: Debian's nginx, started by the same launcher.
+    installer = (REPO_ROOT / "front" / "install-nginx.sh").read_text()
+    assert "apt-get install -y --no-install-recommends nginx" in text
+    assert "install -y -qq --no-install-recommends nginx" in installer
+    assert "COPY front ./front" in text
+    assert 'CMD ["python", "-m", "front.serve"]' in text
+    assert "$(BIN)/python -m front.serve" in makefile

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import struct
+import subprocess
+import sys
 import warnings
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -15,16 +19,31 @@ from imagefactory import (
     handmade_png,
     header_bomb,
     jpeg,
+    jpeg_comment,
+    jpeg_segment,
+    jpeg_segments,
+    jpeg_with_segments,
+    many_scan_jpeg,
     png,
+    png_chunk,
+    png_with_chunks,
     reopened,
     rgb48_png,
     srgb_profile,
     with_bad_crc,
 )
-from PIL import Image, ImageFile, JpegImagePlugin
+from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
 
 from supersizeme import images
+from supersizeme.config import REPO_ROOT
 from supersizeme.images import (
+    MAX_EXIF_BYTES,
+    MAX_JPEG_HEADER_PADDING,
+    MAX_JPEG_PARSED_SEGMENT_BYTES,
+    MAX_JPEG_SCANS,
+    MAX_JPEG_SEGMENTS,
+    MAX_PNG_CHUNKS,
+    MAX_PNG_COMPRESSED_CHUNKS,
     PNG_MAGIC,
     DecodedImage,
     ImageRejected,
@@ -385,7 +404,7 @@ def test_unexpected_decoder_errors_become_corrupt_image(monkeypatch):
     def broken(image):
         raise KeyError("internal detail")
 
-    monkeypatch.setattr(images.ImageOps, "exif_transpose", broken)
+    monkeypatch.setattr(images, "_upright", broken)
     error = rejection(VALID_PNG)
     assert error.code == "corrupt_image" and "internal detail" not in error.message
 
@@ -394,7 +413,7 @@ def test_memory_errors_are_not_blamed_on_the_client(monkeypatch):
     def exhausted(image):
         raise MemoryError
 
-    monkeypatch.setattr(images.ImageOps, "exif_transpose", exhausted)
+    monkeypatch.setattr(images, "_upright", exhausted)
     with pytest.raises(MemoryError):
         decode(VALID_PNG, LIMITS)
 
@@ -503,3 +522,231 @@ def test_the_x4_cap_is_a_fifth_of_the_x2_cap():
 def test_bomb_refusal_names_the_x4_cap():
     error = rejection(header_bomb(100_000, 100_000), Limits(scale=4))
     assert error.code == "too_many_pixels" and "400,000" in error.message
+
+
+# --- what the header does not bound: scans, segments, chunks, text, EXIF ------------------
+
+FLAT = Image.new("RGB", (64, 48), (120, 130, 140))
+
+
+@pytest.fixture
+def pillow_opens(monkeypatch) -> list[str]:
+    """Every format Pillow is asked to open: none means a refusal came from the bytes alone."""
+    formats: list[str] = []
+    real = images._open
+
+    def spied(data, source_format):
+        formats.append(source_format)
+        return real(data, source_format)
+
+    monkeypatch.setattr(images, "_open", spied)
+    return formats
+
+
+def scan_count(data: bytes) -> int:
+    return sum(segment[1] == 0xDA for segment in jpeg_segments(data))
+
+
+def test_a_many_scan_jpeg_is_one_libjpeg_decodes():
+    # So that the refusals below are about cost: without them the file would be decoded.
+    data = many_scan_jpeg(FLAT, 3 * MAX_JPEG_SCANS)
+    assert scan_count(data) > 3 * MAX_JPEG_SCANS
+    assert reopened(data).size == FLAT.size
+
+
+def test_jpeg_scans_up_to_the_cap_are_decoded():
+    normal = scan_count(jpeg(FLAT, progressive=True))
+    assert 5 <= normal < MAX_JPEG_SCANS
+    at_cap = many_scan_jpeg(FLAT, MAX_JPEG_SCANS - normal)
+    assert scan_count(at_cap) == MAX_JPEG_SCANS
+    assert decode(at_cap, LIMITS).width == FLAT.width
+
+
+@pytest.mark.parametrize("over", [1, 5_000])
+def test_jpeg_scans_over_the_cap_are_refused_before_pillow_parses(over, pillow_opens):
+    normal = scan_count(jpeg(FLAT, progressive=True))
+    error = rejection(many_scan_jpeg(FLAT, MAX_JPEG_SCANS - normal + over))
+    assert (error.status, error.code) == (422, "too_many_scans")
+    assert f"more than {MAX_JPEG_SCANS} scans" in error.message
+    assert pillow_opens == []
+
+
+def test_scans_are_counted_through_stuffed_bytes_and_restart_markers():
+    noise = np.random.default_rng(6).integers(0, 256, (256, 256, 3), np.uint8)
+    data = many_scan_jpeg(Image.fromarray(noise), MAX_JPEG_SCANS, restart_marker_blocks=1)
+    first_scan = next(s for s in jpeg_segments(data) if s[1] == 0xDA)
+    assert b"\xff\x00" in first_scan and b"\xff\xd0" in first_scan
+    assert rejection(data).code == "too_many_scans"
+
+
+def test_what_libjpeg_skips_is_not_counted_as_scans():
+    # Start-of-scan bytes inside a comment, stuffed 0xFF bytes and restart markers inside
+    # noisy scans, and a second picture after EOI (as an MPO has) are no scans of the image.
+    noise = np.random.default_rng(5).integers(0, 256, (48, 64, 3), np.uint8)
+    data = jpeg(Image.fromarray(noise), progressive=True, restart_marker_blocks=1)
+    assert b"\xff\x00" in data and b"\xff\xd0" in data
+    fake_scans = jpeg_comment(b"\xff\xda\x00\x02" * (2 * MAX_JPEG_SCANS))
+    trailing = many_scan_jpeg(FLAT, 2 * MAX_JPEG_SCANS)
+    image = decode(jpeg_with_segments(data, fake_scans) + trailing, LIMITS)
+    assert (image.width, image.height) == (64, 48)
+
+
+def test_jpeg_marker_segments_are_capped():
+    data = jpeg(FLAT)
+    own = len(jpeg_segments(data)) - 2  # all but SOI and EOI
+    comments = [jpeg_comment(b"")] * (MAX_JPEG_SEGMENTS - own)
+    assert decode(jpeg_with_segments(data, *comments), LIMITS).width == FLAT.width
+    error = rejection(jpeg_with_segments(data, *comments, jpeg_comment(b"")))
+    assert (error.status, error.code) == (422, "too_many_segments")
+    assert f"{MAX_JPEG_SEGMENTS:,} marker segments" in error.message
+
+
+@pytest.mark.parametrize("byte", [b"\xff", b"\x00"], ids=["fill", "stray"])
+def test_padding_between_jpeg_header_markers_is_capped(byte):
+    soi, app0, *rest = jpeg_segments(jpeg(FLAT))
+
+    def padded(count: int) -> bytes:
+        return b"".join([soi, app0, byte * count, *rest])
+
+    assert decode(padded(MAX_JPEG_HEADER_PADDING), LIMITS).width == FLAT.width
+    error = rejection(padded(MAX_JPEG_HEADER_PADDING + 1))
+    assert (error.status, error.code) == (422, "too_many_segments")
+    assert "padding" in error.message
+
+
+@pytest.mark.parametrize("code", [0x02, 0xC8, 0xD8, 0xD9, 0xDE, 0xF0])
+def test_a_header_marker_libjpeg_refuses_is_corrupt_before_pillow_reads_on(code, pillow_opens):
+    data = jpeg_with_segments(jpeg(FLAT), bytes([0xFF, code]) + bytes(2 * MAX_JPEG_HEADER_PADDING))
+    with pytest.raises(Exception):  # noqa: B017 - any of Pillow's many exceptions
+        reopened(data)
+    error = rejection(data)
+    assert (error.status, error.code) == (422, "corrupt_image")
+    assert pillow_opens == []
+
+
+# Entries that Pillow parses one by one: a quantization table (table 0, 8-bit) and an empty
+# Photoshop resource block.
+ENTRIES = {
+    "quantization tables": (0xDB, b"", b"\0" + bytes(range(1, 65))),
+    "Photoshop resources": (0xED, b"Photoshop 3.0\0", b"8BIM\x04\x04\0\0\0\0\0\0"),
+}
+
+
+@pytest.mark.parametrize("kind", ENTRIES)
+def test_header_segments_pillow_parses_entry_by_entry_are_capped_in_bytes(kind, pillow_opens):
+    code, prefix, entry = ENTRIES[kind]
+    data = jpeg(FLAT)
+    # A segment's length field counts itself and the payload, not the marker.
+    own = sum(len(segment) - 2 for segment in jpeg_segments(data) if segment[1] == 0xDB)
+    full = jpeg_segment(code, prefix + entry * ((65_000 - len(prefix)) // len(entry)))
+    count = (MAX_JPEG_PARSED_SEGMENT_BYTES - own) // (len(full) - 2)
+    room = MAX_JPEG_PARSED_SEGMENT_BYTES - own - count * (len(full) - 2)
+    last = jpeg_segment(code, prefix + entry * ((room - 2 - len(prefix)) // len(entry)))
+    within = jpeg_with_segments(data, *[full] * count, last)
+    assert decode(within, LIMITS).width == FLAT.width
+    over = jpeg_with_segments(data, *[full] * count, last, jpeg_segment(code, prefix + entry))
+    pillow_opens.clear()
+    error = rejection(over)
+    assert (error.status, error.code) == (422, "too_much_metadata")
+    assert kind in error.message and pillow_opens == []
+
+
+SMALL_PNG = png(FLAT)
+
+
+def chunk_count(data: bytes) -> int:
+    count, position = 0, len(PNG_MAGIC)
+    while position < len(data):
+        count += 1
+        position += 12 + int.from_bytes(data[position : position + 4], "big")
+    return count
+
+
+def test_png_chunks_are_capped():
+    private = png_chunk(b"prIv", b"")
+    extra = MAX_PNG_CHUNKS - chunk_count(SMALL_PNG)
+    at_cap = png_with_chunks(SMALL_PNG, *[private] * extra)
+    assert chunk_count(at_cap) == MAX_PNG_CHUNKS
+    assert decode(at_cap, LIMITS).width == FLAT.width
+    error = rejection(png_with_chunks(SMALL_PNG, *[private] * (extra + 1), after_image=True))
+    assert (error.status, error.code) == (422, "too_many_segments")
+    assert f"{MAX_PNG_CHUNKS:,} chunks" in error.message
+
+
+@pytest.mark.parametrize("chunk_type", [b"zTXt", b"iTXt", b"iCCP"])
+def test_compressed_png_chunks_are_capped(chunk_type):
+    # Without a keyword Pillow inflates a chunk but never counts its text.
+    payload = {
+        b"zTXt": b"\0\0" + zlib.compress(bytes(1000)),
+        b"iTXt": b"\0\1\0\0\0" + zlib.compress(bytes(1000)),
+        b"iCCP": b"p\0\0" + zlib.compress(srgb_profile()),
+    }[chunk_type]
+    chunks = [png_chunk(chunk_type, payload)] * MAX_PNG_COMPRESSED_CHUNKS
+    assert decode(png_with_chunks(SMALL_PNG, *chunks), LIMITS).width == FLAT.width
+    error = rejection(png_with_chunks(SMALL_PNG, *chunks, chunks[0], after_image=True))
+    assert (error.status, error.code) == (422, "too_much_metadata")
+    assert f"more than {MAX_PNG_COMPRESSED_CHUNKS} compressed" in error.message
+
+
+def ztxt(keyword: bytes, text: bytes) -> bytes:
+    return png_chunk(b"zTXt", keyword + b"\0\0" + zlib.compress(text))
+
+
+@pytest.mark.parametrize("after_image", [False, True], ids=["before", "after"])
+def test_png_text_is_bounded_per_chunk_and_in_all(after_image):
+    chunk_limit, memory_limit = PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
+    assert (chunk_limit, memory_limit) == (2**20, 4 * 2**20)
+    within = [ztxt(b"k%d" % i, b"t" * chunk_limit) for i in range(memory_limit // chunk_limit)]
+    data = png_with_chunks(SMALL_PNG, *within, after_image=after_image)
+    assert decode(data, LIMITS).width == FLAT.width
+    for chunks in ([ztxt(b"k", b"t" * (chunk_limit + 1))], [*within, ztxt(b"last", b"t")]):
+        error = rejection(png_with_chunks(SMALL_PNG, *chunks, after_image=after_image))
+        assert (error.status, error.code) == (422, "too_much_metadata")
+        assert "1 MiB per chunk" in error.message and "4 MiB in all" in error.message
+
+
+def exif_of_size(size: int, orientation: int) -> bytes:
+    """A little-endian TIFF directory with one orientation entry, padded to ``size`` bytes."""
+    directory = b"II*\0" + struct.pack("<IHHHIHHI", 8, 1, 0x0112, 3, 1, orientation, 0, 0)
+    return directory + bytes(size - len(directory))
+
+
+def test_exif_up_to_what_a_jpeg_holds_is_read_for_its_orientation():
+    # Pillow keeps a PNG's eXIf chunk behind the 6 bytes of a JPEG's "Exif\0\0" prefix.
+    exif = exif_of_size(MAX_EXIF_BYTES - 6, orientation=6)
+    image = decode(png_with_chunks(SMALL_PNG, png_chunk(b"eXIf", exif)), LIMITS)
+    assert (image.width, image.height) == (FLAT.height, FLAT.width)
+
+
+@pytest.mark.parametrize("carrier", ["eXIf", "Raw profile type exif"])
+def test_larger_exif_is_refused(carrier):
+    exif = exif_of_size(MAX_EXIF_BYTES - 5, orientation=6)
+    if carrier == "eXIf":
+        chunk = png_chunk(b"eXIf", exif)
+    else:  # ImageMagick's hexadecimal text, with its own 6-byte prefix
+        hexadecimal = (b"Exif\0\0" + exif).hex()
+        chunk = ztxt(carrier.encode(), f"\nexif\n{len(exif) + 6:8}\n{hexadecimal}\n".encode())
+    error = rejection(png_with_chunks(SMALL_PNG, chunk, after_image=True))
+    assert (error.status, error.code) == (422, "too_much_metadata")
+    assert f"{MAX_EXIF_BYTES:,}" in error.message
+
+
+def test_malformed_exif_writes_nothing_to_stderr(tmp_path):
+    # Pillow warns once per distinct message, here one per entry: thousands of lines.
+    entries = [struct.pack("<HHII", 0x8000 + i, 7, 1000 + i, 8) for i in range(500)]
+    exif = b"II*\0" + struct.pack("<IH", 8, len(entries)) + b"".join(entries) + bytes(4)
+    path = tmp_path / "exif.jpg"
+    path.write_bytes(jpeg(FLAT, exif=b"Exif\0\0" + exif))
+    script = (
+        "import sys; from supersizeme.images import Limits, decode; "
+        "decode(open(sys.argv[1], 'rb').read(), Limits())"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert completed.stderr == ""

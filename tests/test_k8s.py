@@ -16,7 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from supersizeme.config import REPO_ROOT
+from front.serve import SHUTDOWN_MARGIN_SECONDS, TEMPLATE
+from supersizeme.config import MAX_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, REPO_ROOT
 
 K8S = REPO_ROOT / "k8s"
 # The oldest release the manifests claim (preStop "sleep" is on by default from 1.30)
@@ -91,17 +92,18 @@ def test_resources_follow_the_load_table():
     assert mebibytes(resources["limits"]["memory"]) == sizing["memory_limit_mib"]
     assert float(resources["requests"]["cpu"]) == sizing["cpu_request"]
     assert float(resources["limits"]["cpu"]) == sizing["cpu_limit"]
-    # One TensorFlow thread per core a worker owns.
-    assert int(env()["SSM_TF_THREADS"]) * sizing["workers"] == sizing["cpu_limit"]
+    # One inference thread per core a worker owns.
+    assert int(env()["SSM_THREADS"]) * sizing["workers"] == sizing["cpu_limit"]
 
 
 def test_every_setting_is_one_the_service_reads():
-    sources = (REPO_ROOT / "supersizeme" / "config.py").read_text() + (
-        REPO_ROOT / "gunicorn.conf.py"
-    ).read_text()
+    # The app's settings, gunicorn's, and the front's (nginx and gunicorn's header budget).
+    readers = ["supersizeme/config.py", "gunicorn.conf.py", "front/serve.py"]
+    readers.append("supersizeme/worker.py")
+    sources = "".join((REPO_ROOT / reader).read_text() for reader in readers)
     for name in env():
         assert name.startswith("SSM_"), name
-        assert f'"{name}"' in sources, f"{name} is read by neither config.py nor gunicorn.conf.py"
+        assert f'"{name}"' in sources, f"{name} is read by none of {readers}"
 
 
 def test_grace_period_covers_the_graceful_timeout(monkeypatch):
@@ -110,7 +112,26 @@ def test_grace_period_covers_the_graceful_timeout(monkeypatch):
     server = runpy.run_path(str(REPO_ROOT / "gunicorn.conf.py"))
     pod = of_kind("Deployment")["spec"]["template"]["spec"]
     pause = container()["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod["terminationGracePeriodSeconds"] >= server["graceful_timeout"] + pause
+    # nginx relays the answers gunicorn finishes for a little longer than gunicorn takes.
+    stopping = server["graceful_timeout"] + SHUTDOWN_MARGIN_SECONDS
+    assert pod["terminationGracePeriodSeconds"] >= stopping + pause
+
+
+def test_the_front_buffers_on_a_disk_volume_that_holds_its_uploads():
+    """nginx writes buffered bodies and answers to SSM_FRONT_TEMP_DIR: a writable volume (the
+    root file system is read-only), on disk rather than in the pod's memory, and large
+    enough for every upload slot to hold a whole body and the largest answer nginx keeps."""
+    spec = container()
+    mounts = {mount["mountPath"]: mount["name"] for mount in spec["volumeMounts"]}
+    pod = of_kind("Deployment")["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    buffers = volumes[mounts[env()["SSM_FRONT_TEMP_DIR"]]]["emptyDir"]
+    assert buffers.get("medium") != "Memory"
+    answer_mib = int(re.search(r"proxy_max_temp_file_size (\d+)m;", TEMPLATE.read_text())[1])
+    body_mib = (MAX_BODY_BYTES + MULTIPART_OVERHEAD_BYTES) / 2**20
+    slots = int(env()["SSM_FRONT_MAX_UPLOADS"])
+    assert mebibytes(buffers["sizeLimit"]) >= slots * (body_mib + answer_mib)
+    assert spec["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_service_autoscaler_and_budget_point_at_the_deployment():

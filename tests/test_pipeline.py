@@ -15,6 +15,7 @@ from PIL import Image
 
 from supersizeme.images import ImageRejected, Limits
 from supersizeme.pipeline import Timings, output_name, progressive, supersize, upscale_alpha
+from supersizeme.tiling import ClientGone, Stop, TiledUpscaler
 
 
 class NearestX2:
@@ -22,10 +23,10 @@ class NearestX2:
 
     def __init__(self, factor: int = 2):
         self.factor = factor
-        self.calls: list[tuple[np.ndarray, float | None]] = []
+        self.calls: list[tuple[np.ndarray, Stop | None]] = []
 
-    def __call__(self, rgb: np.ndarray, deadline: float | None) -> np.ndarray:
-        self.calls.append((rgb.copy(), deadline))
+    def __call__(self, rgb: np.ndarray, stop: Stop | None) -> np.ndarray:
+        self.calls.append((rgb.copy(), stop))
         return rgb.repeat(self.factor, axis=0).repeat(self.factor, axis=1)
 
 
@@ -53,17 +54,32 @@ def test_each_scale_and_format_gives_the_right_size_and_format(scale, image_form
     assert timings.inference > 0 and timings.encode > 0
 
 
-def test_x4_runs_the_network_on_its_own_clipped_x2_output_with_one_deadline():
+def test_x4_runs_the_network_on_its_own_clipped_x2_output_with_one_stop():
     network = NearestX2()
     rgb = np.full((6, 8, 3), 0.5, np.float32)
     rgb[0, 0] = 1.4  # the network may overshoot; the second pass must not see it
-    deadline = time.monotonic() + 60
-    result = progressive(rgb, network, 4, deadline)
+    stop = Stop(deadline=time.monotonic() + 60)
+    result = progressive(rgb, network, 4, stop)
     assert result.shape == (24, 32, 3)
-    (first, first_deadline), (second, second_deadline) = network.calls
+    (first, first_stop), (second, second_stop) = network.calls
     assert first.shape == (6, 8, 3) and second.shape == (12, 16, 3)
     assert first[0, 0, 0] == pytest.approx(1.4) and second.max() == 1.0
-    assert first_deadline == second_deadline == deadline
+    assert first_stop is stop and second_stop is stop
+
+
+def test_x4_stops_within_a_tile_of_its_second_pass_when_the_client_hangs_up():
+    calls = []
+
+    def network(batch: np.ndarray) -> np.ndarray:
+        calls.append(batch.shape[1:3])
+        return batch.repeat(2, axis=1).repeat(2, axis=2)
+
+    # 20x20 in tiles of 10: 4 tiles in the first pass, 16 in the second (40x40).
+    upscale = TiledUpscaler(network, scale=2, overlap=0, tile=10)
+    stop = Stop(client_gone=lambda: len(calls) >= 6)
+    with pytest.raises(ClientGone):
+        progressive(np.zeros((20, 20, 3), np.float32), upscale, 4, stop)
+    assert len(calls) == 6  # the whole first pass, then two tiles of the second
 
 
 def test_a_network_that_cannot_make_the_scale_is_an_error_not_a_wrong_size():

@@ -12,7 +12,10 @@ import pytest
 
 from supersizeme.config import REPO_ROOT
 from supersizeme.modelspec import ModelFolder, ModelFolderError
-from supersizeme.predictor import LoadSettings, ModelSlot, load
+from supersizeme.predictor import LoadSettings, ModelSlot, PixelCap, load, speed_cap
+from supersizeme.runtime import RUNTIMES
+
+CAP = PixelCap(max_pixels=2_000_000, deadline_seconds=60.0)
 
 
 def copy_folder(source, tmp_path):
@@ -43,10 +46,11 @@ def test_weights_of_another_architecture_are_refused(tiny_model_dir, tmp_path):
     spec = json.loads((folder / "model.json").read_text())
     spec["G"] = 8
     (folder / "model.json").write_text(json.dumps(spec))
-    slot = ModelSlot(ModelFolder.open(folder), LoadSettings(tile=32))
-    with pytest.raises(ModelFolderError, match="do not fit"):
-        slot.load()
-    assert slot.state == "failed"
+    for runtime in RUNTIMES:
+        slot = ModelSlot(ModelFolder.open(folder), LoadSettings(runtime, tile=32), CAP)
+        with pytest.raises(ModelFolderError, match="do not fit"):
+            slot.load()
+        assert slot.state == "failed"
 
 
 def test_loaded_network_doubles_the_image_and_is_cached(tiny_model_dir):
@@ -68,7 +72,7 @@ def test_tiled_equals_whole_for_the_tiny_rdn(tiny_model_dir):
 def test_receptive_radius_matches_the_real_network(tiny_model_dir):
     """An impulse reaches exactly ``receptive_radius`` input pixels, which tiling relies on."""
     folder = ModelFolder.open(tiny_model_dir)
-    network = load(folder, LoadSettings(tile=1024)).network
+    network = load(folder, LoadSettings(tile=1024)).upscaler.network
     base = np.full((1, 41, 41, 3), 0.5, np.float32)
     poked = base.copy()
     poked[0, 20, 20] = 1.0
@@ -99,10 +103,59 @@ def test_shipped_model_tiled_equals_whole_on_1024x768(shipped_model_dir):
     image = image.astype(np.float32)
 
     def levels(tile: int) -> np.ndarray:
-        upscaled = load(folder, LoadSettings(tile=tile, intra_op_threads=2))(image)
+        upscaled = load(folder, LoadSettings(tile=tile, threads=2))(image)
         return np.rint(np.clip(upscaled, 0, 1) * 255).astype(int)
 
     whole = levels(1024)
     for tile in (200, 384):
         difference = np.abs(levels(tile) - whole)
         assert difference.max() <= 1, (tile, difference.max())
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("remove the record", "no OpenVINO network"),
+        ("change the network", "does not match"),
+        ("other weights", "derived from other weights"),
+    ],
+)
+def test_the_derived_network_must_be_the_recorded_one(tiny_model_dir, tmp_path, damage, message):
+    folder = copy_folder(tiny_model_dir, tmp_path)
+    spec = json.loads((folder / "model.json").read_text())
+    if damage == "remove the record":
+        del spec["openvino"]
+    elif damage == "change the network":
+        with open(folder / "openvino" / "model.bin", "ab") as handle:
+            handle.write(b"\0")
+    else:
+        spec["openvino"]["weights_sha256"] = "0" * 64
+    (folder / "model.json").write_text(json.dumps(spec))
+    slot = ModelSlot(ModelFolder.open(folder), LoadSettings(tile=32), CAP)
+    with pytest.raises(ModelFolderError, match=message):
+        slot.load()
+
+
+def test_speed_cap_keeps_what_fits_in_half_the_deadline():
+    assert speed_cap(2_000_000, seconds_per_megapixel=10.0, deadline_seconds=60.0) == 2_000_000
+    # 30 s at 20 s per megapixel is 1.5 MP.
+    assert speed_cap(2_000_000, seconds_per_megapixel=20.0, deadline_seconds=60.0) == 1_500_000
+    assert speed_cap(2_000_000, seconds_per_megapixel=7.0, deadline_seconds=60.0) == 2_000_000
+    assert speed_cap(2_000_000, seconds_per_megapixel=1e6, deadline_seconds=1.0) == 10_000
+
+
+def test_a_slow_machine_lowers_the_default_cap_but_not_an_explicit_one(
+    tiny_model_dir, caplog, monkeypatch
+):
+    folder = ModelFolder.open(tiny_model_dir)
+    measured = load(folder, LoadSettings(tile=32)).seconds_per_megapixel
+    assert measured > 0
+    # A deadline so short that the tiny network's measured speed cannot serve 2 MP in half.
+    deadline = measured * 0.5
+    lowered = ModelSlot(folder, LoadSettings(tile=32), PixelCap(2_000_000, deadline))
+    lowered.load()
+    assert lowered.max_pixels == speed_cap(2_000_000, measured, deadline) < 2_000_000
+    assert "pixel cap lowered from 2000000" in caplog.text
+    kept = ModelSlot(folder, LoadSettings(tile=32), PixelCap(2_000_000, deadline, explicit=True))
+    kept.load()
+    assert kept.max_pixels == 2_000_000

@@ -185,6 +185,9 @@ def slow_worker(shipped_model_dir, tmp_path_factory):
         "SSM_TILE": "128",
         "SSM_MAX_WAITING": "1",
         "SSM_GUNICORN_THREADS": "4",
+        # Set, so that it is kept: left unset, the worker would lower it to what fits in
+        # half of this short deadline, and the large upload below would get 422.
+        "SSM_MAX_PIXELS": "2000000",
     }
     with running_gunicorn(shipped_model_dir, log, env=env) as server:
         yield server

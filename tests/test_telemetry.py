@@ -5,18 +5,25 @@ The multiprocess side (several gunicorn workers adding up) is in test_resilience
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 
 from imagefactory import gradient, png
 from PIL import Image
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_text import parse_samples, value
 
+from supersizeme import telemetry
 from supersizeme.admission import InferenceGate
+from supersizeme.tiling import Stop
 
 SMALL = png(Image.fromarray(gradient(40, 30)))
 GIF = b"GIF89a" + bytes(100)
@@ -92,7 +99,7 @@ def test_a_waiting_upload_is_in_flight_and_logs_its_queue_time(app, client, capl
     gate = InferenceGate(max_waiting=1)
     app.extensions["supersizeme.gate"] = gate
     statuses = []
-    with gate.turn(time.monotonic() + 30):
+    with gate.turn(Stop(deadline=time.monotonic() + 30)):
         waiter = threading.Thread(target=lambda: statuses.append(post(client, SMALL).status_code))
         waiter.start()
         for _ in range(200):
@@ -159,3 +166,94 @@ def test_a_hostile_path_stays_on_one_line(client, caplog):
     client.get("/x%0A{%22status%22:200}")
     (line,) = request_lines(caplog)
     assert line["path"] == '/x\n{"status":200}' and line["status"] == 404
+
+
+# -- the metric files of dead workers --------------------------------------------------------
+
+# A worker in miniature: one series of each kind, ``requests`` counted, then it exits.
+FAKE_WORKER = """
+import os, sys
+from prometheus_client import Counter, Gauge, Histogram, Summary
+requests = int(sys.argv[1])
+Counter("ssm_requests", "answered", ["status"]).labels("200").inc(requests)
+Histogram("ssm_seconds", "time", buckets=(1, 10)).observe(requests)
+Summary("ssm_pixels", "pixels").observe(requests)
+Gauge("ssm_in_flight", "now", multiprocess_mode="livesum").set(1)
+if "all" in sys.argv:
+    Gauge("ssm_last", "last seen", multiprocess_mode="all").set(requests)
+print(os.getpid())
+"""
+
+
+def fake_worker(directory, requests: int, *options: str) -> int:
+    """The pid of a process that counted ``requests`` in ``directory``'s files and exited."""
+    completed = subprocess.run(
+        [sys.executable, "-c", FAKE_WORKER, str(requests), *options],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(completed.stdout)
+
+
+def merged(directory) -> dict[tuple[str, frozenset], float]:
+    """What /metrics shows for ``directory``, read as a worker's scrape reads it."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return parse_samples(generate_latest(registry).decode())
+
+
+def test_a_dead_worker_s_counts_stay_in_the_totals_but_not_in_its_files(tmp_path):
+    alive = fake_worker(tmp_path, 5)
+    dead = fake_worker(tmp_path, 3, "all")
+    assert telemetry.fold_dead_worker(dead, tmp_path)
+
+    samples = merged(tmp_path)
+    assert value(samples, "ssm_requests_total", status="200") == 3 + 5
+    assert value(samples, "ssm_seconds_count") == 2 and value(samples, "ssm_seconds_sum") == 8
+    assert value(samples, "ssm_seconds_bucket", le="1.0") == 0
+    assert value(samples, "ssm_seconds_bucket", le="10.0") == 2
+    assert value(samples, "ssm_pixels_count") == 2 and value(samples, "ssm_pixels_sum") == 8
+    # Gauges as prometheus_client's mark_process_dead leaves them: a live-sum loses the
+    # dead worker, an "all" gauge keeps its last value under its pid.
+    assert value(samples, "ssm_in_flight") == 1
+    assert value(samples, "ssm_last", pid=str(dead)) == 3
+    left = sorted(path.name for path in tmp_path.glob(f"*_{dead}.db"))
+    assert left == [f"gauge_all_{dead}.db"]
+    assert (tmp_path / f"counter_{alive}.db").exists()
+
+
+def test_the_files_do_not_grow_with_the_number_of_dead_workers(tmp_path):
+    fake_worker(tmp_path, 5)  # alive throughout
+    assert telemetry.fold_dead_worker(fake_worker(tmp_path, 1), tmp_path)
+    files = sorted(path.name for path in tmp_path.glob("*.db"))
+    assert "counter_dead.db" in files and len(files) == 7  # 4 of the live worker's, 3 sums
+    for requests in range(2, 11):
+        assert telemetry.fold_dead_worker(fake_worker(tmp_path, requests), tmp_path)
+        assert sorted(path.name for path in tmp_path.glob("*.db")) == files
+    samples = merged(tmp_path)
+    assert value(samples, "ssm_requests_total", status="200") == 5 + sum(range(1, 11))
+    assert value(samples, "ssm_seconds_count") == 11
+    assert value(samples, "ssm_in_flight") == 1
+
+
+def test_a_fold_waits_for_scrapes_and_gives_up_rather_than_stall_the_master(tmp_path):
+    dead = fake_worker(tmp_path, 3)
+    with telemetry._folding_lock(tmp_path, fcntl.LOCK_SH):  # a scrape under way
+        started = time.monotonic()
+        assert not telemetry.fold_dead_worker(dead, tmp_path, wait=0.2)
+        assert 0.2 <= time.monotonic() - started < 5
+    assert (tmp_path / f"counter_{dead}.db").exists()
+    assert value(merged(tmp_path), "ssm_requests_total", status="200") == 3
+    assert value(merged(tmp_path), "ssm_in_flight") == 0  # live gauges go at once
+
+    with telemetry._folding_lock(tmp_path, fcntl.LOCK_SH):
+        folding = threading.Thread(target=telemetry.fold_dead_worker, args=(dead, tmp_path))
+        folding.start()
+        time.sleep(0.3)
+        assert folding.is_alive() and (tmp_path / f"counter_{dead}.db").exists()
+    folding.join(10)
+    assert not (tmp_path / f"counter_{dead}.db").exists()
+    assert value(merged(tmp_path), "ssm_requests_total", status="200") == 3

@@ -1,9 +1,10 @@
 import itertools
+import time
 
 import numpy as np
 import pytest
 
-from supersizeme.tiling import DeadlineExceeded, TiledUpscaler, tile_spans
+from supersizeme.tiling import ClientGone, DeadlineExceeded, Stop, TiledUpscaler, tile_spans
 
 
 def box_blur_network(passes: int):
@@ -50,4 +51,48 @@ def test_too_little_overlap_shows_seams():
 def test_deadline_is_checked_between_tiles():
     image = np.zeros((40, 40, 3), np.float32)
     with pytest.raises(DeadlineExceeded):
-        TiledUpscaler(box_blur_network(1), scale=2, overlap=1, tile=16)(image, deadline=0.0)
+        TiledUpscaler(box_blur_network(1), scale=2, overlap=1, tile=16)(image, Stop(deadline=0.0))
+
+
+class CountingNetwork:
+    """Nearest x2 that counts its calls and, from call ``gone_after`` on, says the client left."""
+
+    def __init__(self, gone_after: int):
+        self.calls = 0
+        self.gone_after = gone_after
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return batch.repeat(2, axis=1).repeat(2, axis=2)
+
+    def client_gone(self) -> bool:
+        return self.calls >= self.gone_after
+
+
+def test_a_client_that_hangs_up_costs_at_most_the_tile_in_progress():
+    network = CountingNetwork(gone_after=3)
+    upscale = TiledUpscaler(network, scale=2, overlap=1, tile=10)
+    with pytest.raises(ClientGone):
+        upscale(np.zeros((40, 40, 3), np.float32), Stop(client_gone=network.client_gone))
+    assert network.calls == 3  # of 16 tiles: the client left during the third
+
+
+def test_stop_without_limits_never_stops():
+    stop = Stop()
+    stop.check()
+    assert stop.seconds_left() is None
+
+
+def test_stop_at_the_deadline():
+    Stop(deadline=time.monotonic() + 60).check()
+    assert 59 < Stop(deadline=time.monotonic() + 60).seconds_left() <= 60
+    past = Stop(deadline=time.monotonic() - 1)
+    assert past.seconds_left() == 0.0
+    with pytest.raises(DeadlineExceeded):
+        past.check()
+
+
+def test_a_gone_client_is_reported_before_a_passed_deadline():
+    # Both at once: the answer could not be delivered, so the log must say the client left.
+    with pytest.raises(ClientGone):
+        Stop(deadline=time.monotonic() - 1, client_gone=lambda: True).check()

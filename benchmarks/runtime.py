@@ -1,0 +1,399 @@
+"""How fast each runtime runs the shipped model on this machine, against the cores' peak.
+
+    .venv/bin/python benchmarks/runtime.py \\
+        --out benchmarks/runtime.md --json benchmarks/runtime.json
+
+One run on one machine, so that the ratios hold wherever the absolute times do not:
+
+1. the machine: CPU model, usable cores, the ISA flags that matter;
+2. the peak: float32 matmul (numpy, 2048 x 2048) GFLOP/s at one thread and at all threads;
+3. every runtime and precision available here (TensorFlow's graph, the same graph under
+   XLA, OpenVINO; bfloat16 only on CPUs with native bfloat16), at one thread and at all:
+   seconds per input megapixel on a 564 x 564 tile (a 512 tile with its overlap), the share
+   of the peak, and the Y-PSNR on Set5 through the served path; Pillow's bicubic for scale;
+4. the service over HTTP, started by ``make serve``: a 512 x 512 PNG alone and four at
+   once, against the shipped weights in a one-thread TensorFlow graph on the same image
+   (the reference); a 1 MP JPEG alone and four at once.
+
+Every network row runs in a fresh process, since TensorFlow fixes its thread pools once per
+process. Times are medians of ``--repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from supersizeme.config import DEFAULT_MODEL, REPO_ROOT
+from supersizeme.machine import (
+    cpu_count,
+    cpu_flags,
+    cpu_model,
+    hardware,
+    native_bfloat16,
+    reported_flags,
+)
+
+MODEL = REPO_ROOT / "models" / DEFAULT_MODEL
+SET5 = REPO_ROOT.parent / "shared" / "datasets" / "benchmark" / "set5"
+TILE_SIDE = 564  # a 512 tile plus the shipped model's overlap of 26 on each side
+MATMUL_SIDE = 2048
+# (name in the table, runtime, XLA)
+RUNTIMES = (
+    ("tensorflow graph (reference)", "tensorflow", False),
+    ("tensorflow graph + XLA", "tensorflow", True),
+    ("openvino", "openvino", False),
+)
+
+
+def median_seconds(run: Any, repeat: int) -> float:
+    run()  # warm-up: kernels for this size are prepared on the first call
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def photo_like(width: int, height: int) -> np.ndarray:
+    """uint8 RGB with edges and texture everywhere, so that no tile is an easy flat one."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    base = 128 + 60 * np.sin(x / 7.0) * np.cos(y / 11.0)
+    rgb = np.stack([base, base[::-1], base[:, ::-1]], axis=2) + rng.normal(0, 8, (height, width, 3))
+    return rgb.clip(0, 255).astype(np.uint8)
+
+
+def encoded(pixels: np.ndarray, image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(
+        buffer, image_format, **({"quality": 92} if image_format == "JPEG" else {})
+    )
+    return buffer.getvalue()
+
+
+# Child measurements: each runs in its own process and prints one JSON line.
+
+
+def child_peak(threads: int) -> dict:
+    a = np.random.default_rng(0).random((MATMUL_SIDE, MATMUL_SIDE), np.float32)
+    seconds = median_seconds(lambda: a @ a, 5)
+    return {"gflops": 2 * MATMUL_SIDE**3 / seconds / 1e9}
+
+
+def child_network(
+    runtime: str, xla: bool, precision: str, threads: int, repeat: int, psnr: bool
+) -> dict:
+    from supersizeme.evaluate import evaluate_folder, served_png
+    from supersizeme.modelspec import ModelFolder
+    from supersizeme.runtime import load_network
+    from supersizeme.tiling import TiledUpscaler
+
+    folder = ModelFolder.open(MODEL)
+    if xla:
+        from supersizeme.rdn import compile_network, configure_threads, load_rdn
+
+        configure_threads(threads)
+        run = compile_network(load_rdn(folder, precision), jit_compile=True)
+        in_force = precision
+    else:
+        network = load_network(folder, runtime, precision, threads)
+        run, in_force = network.run, network.precision
+    tile = (photo_like(TILE_SIDE, TILE_SIDE)[None] / 255).astype(np.float32)
+    seconds = median_seconds(lambda: run(tile), repeat)
+    row = {"precision": in_force, "s_per_mp": seconds / (TILE_SIDE**2 / 1e6)}
+    if psnr and SET5.is_dir():
+        upscaler = TiledUpscaler(run, folder.params.scale, folder.params.receptive_radius)
+        result = evaluate_folder(
+            served_png(upscaler, folder.params.scale), SET5, folder.params.scale
+        )
+        row["set5_psnr"] = result["psnr"]
+    return row
+
+
+def child_reference_512(repeat: int) -> dict:
+    """The shipped weights in a one-thread TensorFlow graph, on the 512 x 512 image."""
+    from supersizeme.modelspec import ModelFolder
+    from supersizeme.runtime import load_network
+
+    network = load_network(ModelFolder.open(MODEL), "tensorflow", "float32", 1)
+    image = (photo_like(512, 512)[None] / 255).astype(np.float32)
+    return {"seconds": median_seconds(lambda: network.run(image), repeat)}
+
+
+def child_bicubic(repeat: int) -> dict:
+    from supersizeme.evaluate import bicubic_png, evaluate_folder
+
+    image = Image.fromarray(photo_like(TILE_SIDE, TILE_SIDE))
+    size = (TILE_SIDE * 2, TILE_SIDE * 2)
+    seconds = median_seconds(lambda: image.resize(size, Image.Resampling.BICUBIC), repeat)
+    row = {"s_per_mp": seconds / (TILE_SIDE**2 / 1e6)}
+    if SET5.is_dir():
+        row["set5_psnr"] = evaluate_folder(bicubic_png(2), SET5, 2)["psnr"]
+    return row
+
+
+def in_child(threads: int, *args: str) -> dict:
+    """Run one measurement in a fresh process limited to ``threads`` threads."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "OPENBLAS_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    command = [sys.executable, __file__, "--child", *args, "--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# The service over HTTP.
+
+
+def post(port: int, data: bytes, content_type: str) -> float:
+    started = time.perf_counter()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/supersizeme/", data=data, headers={"Content-Type": content_type}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"answer {response.status}")
+    return time.perf_counter() - started
+
+
+def at_once(port: int, data: bytes, content_type: str, count: int) -> float:
+    """Wall time until all of ``count`` simultaneous requests are answered."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(count) as pool:
+        list(pool.map(lambda _: post(port, data, content_type), range(count)))
+    return time.perf_counter() - started
+
+
+def wait_ready(port: int, process: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the service exited before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("the service did not become ready")
+
+
+def measure_service(port: int, command: list[str], layout: str, repeat: int) -> dict:
+    """The served path end to end, with the service started as ``command`` starts it, in
+    ``layout`` (workers x inference threads per worker, e.g. ``1x2``)."""
+    workers, threads = layout.split("x")
+    env = {**os.environ, "PORT": str(port), "SSM_WORKERS": workers, "SSM_THREADS": threads}
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_ready(port, process)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/supersizeme/model") as answer:
+            info = json.loads(answer.read())
+        small = encoded(photo_like(512, 512), "PNG")
+        photo = encoded(photo_like(1155, 866), "JPEG")  # 1.0 MP
+        results = {
+            "layout": layout,
+            "model_info": info["runtime"],
+            "max_pixels": info["limits"]["max_pixels"],
+        }
+        for name, data, kind in (("png512", small, "image/png"), ("jpeg1mp", photo, "image/jpeg")):
+            post(port, data, kind)  # warm-up at this size
+            results[f"{name}_alone"] = statistics.median(
+                post(port, data, kind) for _ in range(repeat)
+            )
+            results[f"{name}_four"] = statistics.median(
+                at_once(port, data, kind, 4) for _ in range(repeat)
+            )
+        return results
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def report(results: dict) -> str:
+    peak1, peak_all = results["peak"]["1"], results["peak"]["all"]
+    cores = results["cores"]
+    lines = [
+        "# Runtime benchmark",
+        "",
+        f"Machine: {results['machine']}; "
+        f"ISA flags detected: {', '.join(results['flags']) or 'none'}.",
+        f"Model {results['model']} ({results['gflop_per_mp']:.0f} GFLOP per input megapixel), "
+        f"{TILE_SIDE} x {TILE_SIDE} tile, median of {results['repeat']} runs after a warm-up; "
+        f"every row in a fresh process. Load average before / after: {results['load_before']} / "
+        f"{results['load_after']}.",
+        "",
+        f"Peak (numpy float32 matmul {MATMUL_SIDE}²): {peak1:.1f} GFLOP/s at 1 thread, "
+        f"{peak_all:.1f} GFLOP/s at {cores} threads.",
+        "",
+        f"| runtime | precision | s per input MP, 1 thread | share of peak, 1 thread "
+        f"| s per input MP, {cores} threads | share of peak, {cores} threads | Set5 Y-PSNR (dB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    gflop = results["gflop_per_mp"]
+    for row in results["rows"]:
+        one, every = row["1"], row["all"]
+        psnr = f"{every['set5_psnr']:.2f}" if "set5_psnr" in every else "–"
+        lines.append(
+            f"| {row['name']} | {every['precision']} | {one['s_per_mp']:.2f} "
+            f"| {gflop / one['s_per_mp'] / peak1:.0%} | {every['s_per_mp']:.2f} "
+            f"| {gflop / every['s_per_mp'] / peak_all:.0%} | {psnr} |"
+        )
+    bicubic = results["bicubic"]
+    psnr = f"{bicubic['set5_psnr']:.2f}" if "set5_psnr" in bicubic else "–"
+    lines.append(
+        f"| Pillow bicubic (scale) | uint8 | {bicubic['s_per_mp']:.3f} | – | – | – | {psnr} |"
+    )
+    services = results.get("service") or []
+    if services:
+        reference = results["reference_512"]["seconds"]
+        lines += [
+            "",
+            f"The service over HTTP, started by `{results['serve_command']}` in each layout "
+            "(workers × inference threads per worker; SSM_WORKERS, SSM_THREADS). Reference: "
+            "the shipped weights in a one-thread TensorFlow graph on the same 512 x 512 image, "
+            f'{reference:.2f} s. "Four" is the wall time until all four simultaneous requests '
+            "were answered (all 200), against four reference times.",
+            "",
+            "| layout | runtime, precision (warm-up s/MP) | cap in force | 512² PNG alone "
+            "| four 512² PNG | 1 MP JPEG alone | four 1 MP JPEG |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for service in services:
+            info = service["model_info"]
+            alone = service["png512_alone"] / reference
+            four = service["png512_four"] / (4 * reference)
+            lines.append(
+                f"| {service['layout']} | {info['name']}, {info['precision']} "
+                f"({info['seconds_per_megapixel']:.2f}) | {service['max_pixels']:,} "
+                f"| {service['png512_alone']:.2f} s = **{alone:.2f}×** "
+                f"| {service['png512_four']:.2f} s = **{four:.2f}×** "
+                f"| {service['jpeg1mp_alone']:.2f} s | {service['jpeg1mp_four']:.2f} s |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def load_average() -> str:
+    return Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", help="also write the Markdown report here")
+    parser.add_argument("--json", help="also write the measurements here")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--serve", default="make serve", help="how the service is started")
+    parser.add_argument("--no-service", action="store_true", help="skip the HTTP part")
+    parser.add_argument(
+        "--layouts", nargs="*", help="workers x threads to serve in (default: 1 x cores, cores x 1)"
+    )
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "peak":
+            row = child_peak(args.threads)
+        elif kind == "network":
+            runtime, xla, precision, psnr = rest
+            row = child_network(
+                runtime, xla == "xla", precision, args.threads, args.repeat, psnr == "psnr"
+            )
+        elif kind == "reference":
+            row = child_reference_512(args.repeat)
+        else:
+            row = child_bicubic(args.repeat)
+        print(json.dumps(row))
+        return
+
+    from supersizeme.modelspec import ModelFolder
+
+    cores = cpu_count()
+    flags = cpu_flags()
+    params = ModelFolder.open(MODEL).params
+    macs = sum(n_in * n_out * size * size for _, n_in, n_out, size in params.convolutions()[:-1])
+    macs += 3 * 3 * 3 * 3 * params.scale**2  # the last convolution runs at the output size
+    results: dict[str, Any] = {
+        "machine": hardware(),
+        "cpu": cpu_model(),
+        "cores": cores,
+        "flags": reported_flags(flags),
+        "model": MODEL.name,
+        "gflop_per_mp": 2 * macs * 1e6 / 1e9,
+        "repeat": args.repeat,
+        "load_before": load_average(),
+        "serve_command": args.serve,
+    }
+    rep = ["--repeat", str(args.repeat)]
+    results["peak"] = {"1": in_child(1, "peak")["gflops"], "all": in_child(cores, "peak")["gflops"]}
+    precisions = ["float32", "bfloat16"] if native_bfloat16(flags) else ["float32"]
+    rows = []
+    for name, runtime, xla in RUNTIMES:
+        for precision in precisions:
+            mode = "xla" if xla else "graph"
+            rows.append(
+                {
+                    "name": name,
+                    "1": in_child(1, "network", runtime, mode, precision, "no", *rep),
+                    "all": in_child(cores, "network", runtime, mode, precision, "psnr", *rep),
+                }
+            )
+            print(f"{name} {precision}: {rows[-1]}", file=sys.stderr)
+    results["rows"] = rows
+    results["bicubic"] = in_child(1, "bicubic", *rep)
+    if not args.no_service:
+        results["reference_512"] = in_child(1, "reference", *rep)
+        results["service"] = [
+            measure_service(args.port, args.serve.split(), layout, args.repeat)
+            for layout in args.layouts or [f"1x{cores}", f"{cores}x1"]
+        ]
+    results["load_after"] = load_average()
+    text = report(results)
+    print(text, end="")
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The buffering front: nginx before gunicorn, configured and started by ``front.serve``."""

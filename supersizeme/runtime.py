@@ -1,0 +1,153 @@
+"""The runtimes that run a model folder's network, and the precision each runs in.
+
+OpenVINO runs the network the server uses: it is derived from the Keras weights at export
+(``rdn.derive_openvino``) and reaches the cores' matmul peak where the TensorFlow graph
+reaches well under half of it (benchmarks/runtime.md). TensorFlow stays as the reference
+runtime that the tests compare the derived network against; only that runtime imports it.
+
+A network is a ``(1, h, w, 3) float32 -> (1, h * scale, w * scale, 3) float32`` callable
+(``tiling.Network``), whichever runtime runs it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from supersizeme.machine import native_bfloat16
+from supersizeme.modelspec import ModelFolder, ModelFolderError
+
+RUNTIMES = ("openvino", "tensorflow")
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+# What bfloat16 may cost in quality before `auto` refuses it, and where it is measured.
+BFLOAT16_MAX_LOSS_DB = 0.05
+BFLOAT16_CHECKED_SETS = ("set5", "set14")
+
+_OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    precision: str  # float32 or bfloat16
+    reason: str
+
+
+def bfloat16_loss(spec: dict[str, Any]) -> dict[str, float] | None:
+    """The Y-PSNR that bfloat16 loses per benchmark set, as model.json records it."""
+    record = spec.get("bfloat16_check") or {}
+    losses = record.get("loss_db") or {}
+    if not all(name in losses for name in BFLOAT16_CHECKED_SETS):
+        return None
+    return {name: float(losses[name]) for name in BFLOAT16_CHECKED_SETS}
+
+
+def choose_precision(
+    requested: str, flags: frozenset[str], spec: dict[str, Any]
+) -> PrecisionChoice:
+    """The precision to serve in: ``auto`` takes bfloat16 only where it is both native and
+    measured to cost at most ``BFLOAT16_MAX_LOSS_DB`` on Set5 and Set14.
+
+    Without native bfloat16 instructions (AVX-512 BF16, AMX) the CPU emulates it, slower
+    than float32, so there is nothing to gain from it there.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {requested!r}")
+    if requested != "auto":
+        return PrecisionChoice(requested, "set by SSM_PRECISION")
+    if not native_bfloat16(flags):
+        return PrecisionChoice("float32", "this CPU has no native bfloat16 (avx512_bf16, amx_bf16)")
+    losses = bfloat16_loss(spec)
+    if losses is None:
+        return PrecisionChoice("float32", "the model folder records no bfloat16 quality check")
+    worst = max(losses.values())
+    if worst > BFLOAT16_MAX_LOSS_DB:
+        return PrecisionChoice(
+            "float32", f"bfloat16 loses {worst:.3f} dB, over {BFLOAT16_MAX_LOSS_DB} dB"
+        )
+    return PrecisionChoice("bfloat16", f"native bfloat16; loses at most {worst:.3f} dB")
+
+
+Network = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class LoadedNetwork:
+    run: Network
+    runtime: str
+    precision: str  # what the runtime computes in, as it reports it
+
+
+def load_network(folder: ModelFolder, runtime: str, precision: str, threads: int) -> LoadedNetwork:
+    """The folder's network in ``runtime``, computing in ``precision`` on ``threads`` cores."""
+    if runtime == "openvino":
+        return _openvino(folder, precision, threads)
+    if runtime == "tensorflow":
+        return _tensorflow(folder, precision, threads)
+    raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+
+
+def _openvino(folder: ModelFolder, precision: str, threads: int) -> LoadedNetwork:
+    import openvino
+
+    model = openvino.Core().read_model(folder.openvino_model())
+    _check_architecture(model, folder)
+    return compile_openvino(model, precision, threads)
+
+
+def compile_openvino(model: Any, precision: str, threads: int) -> LoadedNetwork:
+    """An OpenVINO model compiled for this CPU: one image at a time, on ``threads`` cores."""
+    import openvino
+
+    compiled = openvino.Core().compile_model(
+        model,
+        "CPU",
+        {
+            # One stream on every thread: one image at a time, spread over all the cores.
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
+        },
+    )
+    # OpenVINO falls back to float32 where the CPU lacks bfloat16; report what it runs.
+    computed = compiled.get_property("INFERENCE_PRECISION_HINT")
+    in_force = "bfloat16" if computed == openvino.Type.bf16 else "float32"
+    request = compiled.create_infer_request()
+    # An infer request runs one input at a time; callers outside the server's inference
+    # gate (the CLI, benchmarks) may share it between threads.
+    lock = threading.Lock()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            return request.infer({0: np.ascontiguousarray(batch, np.float32)})[0].copy()
+
+    return LoadedNetwork(run, "openvino", in_force)
+
+
+def _check_architecture(model: Any, folder: ModelFolder) -> None:
+    """The derived network's convolutions must be the ones model.json describes: the
+    tiles' overlap and the scale are taken from there."""
+    found = sorted(
+        tuple(op.input(1).get_partial_shape().to_shape())
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Convolution"
+    )
+    expected = sorted(
+        (n_out, n_in, size, size) for _, n_in, n_out, size in folder.params.convolutions()
+    )
+    if found != expected:
+        raise ModelFolderError(
+            f"the OpenVINO network's convolutions in {folder.path} do not fit {folder.params.name}"
+        )
+
+
+def _tensorflow(folder: ModelFolder, precision: str, threads: int) -> LoadedNetwork:
+    from supersizeme.rdn import compile_network, configure_threads, load_rdn
+
+    configure_threads(threads)
+    return LoadedNetwork(compile_network(load_rdn(folder, precision)), "tensorflow", precision)

@@ -1,0 +1,134 @@
+"""The runtimes: the derived OpenVINO network against the Keras reference, precision by
+the machine, and the pixel cap in force served end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gunicorn_server import request, running_gunicorn
+from imagefactory import gradient, png
+from PIL import Image
+
+from supersizeme.config import REPO_ROOT
+from supersizeme.evaluate import image_files, load_pair, load_served, run_png
+from supersizeme.machine import cpu_flags
+from supersizeme.metrics import y_psnr_ssim
+from supersizeme.modelspec import ModelFolder
+from supersizeme.runtime import BFLOAT16_MAX_LOSS_DB, choose_precision
+
+BENCHMARK = REPO_ROOT.parent / "shared" / "datasets" / "benchmark"
+AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma"})
+AVX512_BF16 = AVX2_ONLY | {"avx512f", "avx512_bf16", "avx512_vnni"}
+CHECKED = {"bfloat16_check": {"loss_db": {"set5": 0.02, "set14": 0.03}}}
+
+
+@pytest.mark.skipif(not BENCHMARK.is_dir(), reason="needs shared/datasets beside the clone")
+def test_derived_network_equals_keras_on_set5_and_set14(shipped_model_dir):
+    """Acceptance: every output pixel within one grey level, mean PSNR within 0.01 dB."""
+    folder = ModelFolder.open(shipped_model_dir)
+    scale = folder.params.scale
+    derived, _ = load_served(shipped_model_dir, runtime="openvino", threads=2)
+    reference, _ = load_served(shipped_model_dir, runtime="tensorflow", threads=2)
+    for name in ("set5", "set14"):
+        psnr = {"derived": [], "reference": []}
+        for path in image_files(BENCHMARK / name):
+            pair = load_pair(path, scale)
+            ours, _ = run_png(derived, pair.lr)
+            theirs, _ = run_png(reference, pair.lr)
+            worst = np.abs(ours.astype(int) - theirs.astype(int)).max()
+            assert worst <= 1, (path.name, worst)
+            psnr["derived"].append(y_psnr_ssim(pair.hr, ours, border=scale)[0])
+            psnr["reference"].append(y_psnr_ssim(pair.hr, theirs, border=scale)[0])
+        means = {key: float(np.mean(values)) for key, values in psnr.items()}
+        assert abs(means["derived"] - means["reference"]) <= 0.01, (name, means)
+        recorded = folder.spec["evaluation"][name][folder.params.name]["psnr"]
+        assert abs(means["derived"] - recorded) <= 0.01, (name, means, recorded)
+
+
+def test_auto_is_float32_without_native_bfloat16():
+    choice = choose_precision("auto", AVX2_ONLY, CHECKED)
+    assert choice.precision == "float32" and "no native bfloat16" in choice.reason
+
+
+def test_auto_takes_bfloat16_only_when_native_and_checked():
+    assert choose_precision("auto", AVX512_BF16, CHECKED).precision == "bfloat16"
+    assert choose_precision("auto", AVX2_ONLY | {"amx_bf16"}, CHECKED).precision == "bfloat16"
+    unchecked = choose_precision("auto", AVX512_BF16, {})
+    assert unchecked.precision == "float32" and "no bfloat16 quality check" in unchecked.reason
+    costly = {"bfloat16_check": {"loss_db": {"set5": 0.01, "set14": BFLOAT16_MAX_LOSS_DB + 0.01}}}
+    assert choose_precision("auto", AVX512_BF16, costly).precision == "float32"
+
+
+def test_an_explicit_precision_is_kept_and_a_bad_one_refused():
+    assert choose_precision("bfloat16", AVX2_ONLY, {}).precision == "bfloat16"
+    assert choose_precision("float32", AVX512_BF16, CHECKED).precision == "float32"
+    with pytest.raises(ValueError, match="precision"):
+        choose_precision("int4", AVX2_ONLY, {})
+
+
+def test_the_service_reports_what_it_detected(tiny_model_dir, monkeypatch, tmp_path):
+    """The app reads the flags of /proc/cpuinfo: a fake one without bfloat16 gives float32."""
+    from supersizeme import create_app, machine
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Fake EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n\n"
+    )
+    monkeypatch.setattr(machine, "CPUINFO", cpuinfo)
+    app = create_app({"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "TILE": 64})
+    info = app.test_client().get("/supersizeme/model").get_json()
+    runtime = info["runtime"]
+    assert info["precision"] == runtime["precision"] == "float32"
+    assert runtime["name"] == "openvino"
+    assert runtime["cpu_features"] == ["avx2", "fma"]
+    assert "no native bfloat16" in runtime["precision_reason"]
+    assert runtime["seconds_per_megapixel"] > 0
+    assert info["limits"]["max_pixels"] <= info["limits"]["max_pixels_configured"]
+
+
+def test_this_machine_is_detected():
+    flags = cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags here")
+    assert choose_precision("auto", flags, {}).precision == "float32"
+
+
+def test_an_image_at_the_cap_in_force_gets_200(shipped_model_dir, tmp_path):
+    """The shipped model on this machine: whatever cap it set for itself, it serves."""
+    with running_gunicorn(shipped_model_dir, tmp_path / "server.log") as server:
+        status, _, body = request(server.port, "GET", "/supersizeme/model")
+        assert status == 200
+        cap = json.loads(body)["limits"]["max_pixels"]
+        width = int(np.sqrt(cap * 4 / 3))
+        height = cap // width
+        image = Image.fromarray(gradient(width, height))
+        status, _, body = request(
+            server.port,
+            "POST",
+            "/supersizeme/",
+            png(image),
+            {"Content-Type": "image/png"},
+            timeout=120,
+        )
+        assert status == 200, body[:300]
+        assert Image.open(io.BytesIO(body)).size == (width * 2, height * 2)
+        assert width * height <= cap
+
+
+def test_the_served_runtime_does_not_import_tensorflow(tiny_model_dir):
+    """OpenVINO runs the network: the worker must not pay TensorFlow's memory and start-up."""
+    code = (
+        "import sys; from supersizeme import create_app; "
+        f"app = create_app({{'TESTING': True, 'MODEL_DIR': {str(tiny_model_dir)!r}}}); "
+        "assert app.test_client().get('/readyz').status_code == 200; "
+        "print(sorted(m for m in ('tensorflow', 'keras', 'ISR') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"
