@@ -9,7 +9,13 @@ sends a fixed mix of real PNG and JPEG images (128, 256 and 512 pixels square) b
 back, honouring Retry-After on 429/503. Every answer's status and latency is recorded,
 and every few seconds the RSS of the master and of each worker is read from /proc.
 Writes a Markdown table and JSON (``--out`` without extension) with the machine named,
-and the container sizing that follows from the measurements (rule in ``sizing``).
+and the container sizing that follows from the measurements (rule in ``sizing``), together
+with the worst case under concurrency that benchmarks/memory.py measures.
+
+    python benchmarks/load.py --resize --workers 1
+
+recomputes only the sizing of an existing ``--out`` JSON from its recorded runs and the
+current benchmarks/memory.json, without running the soak again.
 """
 
 from __future__ import annotations
@@ -40,18 +46,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gunicorn_server import running_gunicorn, worker_pids
 from latency import photo_like
 
-from supersizeme.config import DEFAULT_MODEL, REPO_ROOT, default_workers
-from supersizeme.machine import hardware
+from supersizeme.config import DEFAULT_MODEL, REPO_ROOT, default_workers, env
+from supersizeme.machine import cpu_count, hardware
 
 HERE = Path(__file__).resolve().parent
 
 # (side, format): every client cycles through this list, each from its own offset.
 MIX = [(128, "PNG"), (256, "JPEG"), (512, "PNG"), (128, "JPEG"), (256, "PNG"), (512, "JPEG")]
 # Sizing rule (README "Scale-out and sizing"): memory = (workers x per-worker peak RSS
-# + master RSS) x (1 + margin), rounded up to 128 MiB. The per-worker peak is the larger
-# of this soak's and the peak at the pixel cap in latency-cap.json, since one request at
-# the cap can land on any worker at any time. The margin covers fragmentation and slow
-# growth between worker recycles (max_requests).
+# + gunicorn master + the front's processes) x (1 + margin), rounded up to 128 MiB. The
+# per-worker peak is the larger of this soak's and the worst case in memory.json (an upload
+# at the pixel cap in inference while hostile uploads decode next to it), since that can
+# happen to any worker at any time; the front (nginx and the launcher that starts it and
+# gunicorn) runs in the same container. The margin covers fragmentation, slow growth
+# between worker recycles (max_requests) and the in-memory /tmp. cpu = workers x inference
+# threads per worker: the cores the measurements ran on, which the pixel cap's speed and
+# the runtime's per-thread buffers both assume.
+MEMORY_WORST_CASE = HERE / "memory.json"
 MEMORY_MARGIN = 0.25
 MEMORY_ROUND_MIB = 128
 RSS_INTERVAL_S = 5.0
@@ -274,38 +285,53 @@ def run_local(model: Path, workers: int, concurrency: int, minutes: float) -> di
     return result
 
 
-def cap_peak_rss_mib() -> float | None:
-    """A worker's peak RSS at the pixel cap (float32), from benchmarks/latency-cap.json."""
-    path = HERE / "latency-cap.json"
-    if not path.exists():
+def worst_case() -> dict | None:
+    """The worst peaks under concurrency (worker, master, front) from benchmarks/memory.py,
+    with where they were measured; None if it has not been run."""
+    if not MEMORY_WORST_CASE.exists():
         return None
-    rows = [r for r in json.loads(path.read_text())["rows"] if r["precision"] == "float32"]
-    return max(rows, key=lambda r: r["megapixels"])["peak_rss_mib"] if rows else None
+    report = json.loads(MEMORY_WORST_CASE.read_text())
+    return {**report["worst"], "measured": f"{report['machine']}, {report['date']}"}
 
 
-def sizing(runs: list[dict], workers: int) -> dict:
-    """Container requests and limits from the measurements, by the rule at the top."""
+def cap_peak_rss_mib() -> float | None:
+    """A worker's worst peak RSS with an upload at the pixel cap in inference and hostile
+    uploads decoding next to it (benchmarks/memory.json); None if not measured."""
+    worst = worst_case()
+    return worst["worker_peak_mib"] if worst else None
+
+
+def sizing(runs: list[dict], workers: int, threads: int = 1) -> dict:
+    """Container requests and limits from the measurements, by the rule at the top, for
+    ``workers`` gunicorn workers of ``threads`` inference threads each."""
     traces = [t for run in runs for t in run["memory"].values()]
     soak_worker = max((t["peak_mib"] for t in traces if t["role"] == "worker"), default=0.0)
-    master = max((t["peak_mib"] for t in traces if t["role"] == "master"), default=0.0)
+    soak_master = max((t["peak_mib"] for t in traces if t["role"] == "master"), default=0.0)
+    worst = worst_case() or {}
     at_cap = cap_peak_rss_mib() or 0.0
     per_worker = max(soak_worker, at_cap)
-    needed = (workers * per_worker + master) * (1 + MEMORY_MARGIN)
+    master = max(soak_master, worst.get("master_peak_mib", 0.0))
+    front = worst.get("front_peak_mib", 0.0)
+    needed = (workers * per_worker + master + front) * (1 + MEMORY_MARGIN)
     memory = math.ceil(needed / MEMORY_ROUND_MIB) * MEMORY_ROUND_MIB
     return {
         "rule": (
-            f"memory = (workers x max(soak worker peak, cap peak) + master peak) x "
-            f"{1 + MEMORY_MARGIN:g}, rounded up to {MEMORY_ROUND_MIB} MiB; request = limit; "
-            "cpu = workers (one core per worker, as gunicorn.conf.py assumes)"
+            f"memory = (workers x max(soak worker peak, worst-case worker peak) + master peak "
+            f"+ front peak) x {1 + MEMORY_MARGIN:g}, rounded up to {MEMORY_ROUND_MIB} MiB; "
+            "worst case and front from benchmarks/memory.json; request = limit; "
+            "cpu = workers x inference threads per worker"
         ),
         "workers": workers,
+        "threads": threads,
         "soak_worker_peak_mib": round(soak_worker, 1),
-        "cap_worker_peak_mib": round(at_cap, 1),
+        "worst_case_worker_peak_mib": round(at_cap, 1),
+        "worst_case_measured": worst.get("measured"),
         "master_peak_mib": round(master, 1),
+        "front_peak_mib": round(front, 1),
         "memory_request_mib": memory,
         "memory_limit_mib": memory,
-        "cpu_request": workers,
-        "cpu_limit": workers,
+        "cpu_request": workers * threads,
+        "cpu_limit": workers * threads,
     }
 
 
@@ -358,9 +384,12 @@ def markdown(report: dict) -> str:
     s = report["sizing"]
     lines += [
         "",
-        f"Sizing ({s['rule']}): memory {s['memory_limit_mib']} MiB, cpu {s['cpu_limit']} "
-        f"(worker peak: soak {s['soak_worker_peak_mib']:.0f} MiB, at the cap "
-        f"{s['cap_worker_peak_mib']:.0f} MiB; master {s['master_peak_mib']:.0f} MiB).",
+        f"Sizing for {s['workers']} worker(s) of {s['threads']} inference thread(s) "
+        f"({s['rule']}): memory {s['memory_limit_mib']} MiB, cpu {s['cpu_limit']} (worker "
+        f"peak: this soak {s['soak_worker_peak_mib']:.0f} MiB, worst case "
+        f"{s['worst_case_worker_peak_mib']:.0f} MiB, measured "
+        f"{s['worst_case_measured'] or 'never (no benchmarks/memory.json)'}; "
+        f"master {s['master_peak_mib']:.0f} MiB; front {s['front_peak_mib']:.0f} MiB).",
         "",
     ]
     return "\n".join(lines)
@@ -380,7 +409,20 @@ def main() -> None:
     parser.add_argument("--master-pid", type=int, help="with --url: its gunicorn master, for RSS")
     parser.add_argument("--label", default="soak", help='e.g. "smoke" for a short trial run')
     parser.add_argument("--out", type=Path, default=HERE / "load", help="writes OUT.md, OUT.json")
+    parser.add_argument(
+        "--resize",
+        action="store_true",
+        help="only recompute OUT.json's sizing for --workers from its runs and memory.json",
+    )
     args = parser.parse_args()
+    # Inference threads per worker as the service (and the soak's gunicorn) reads them.
+    threads = env("SSM_THREADS", max(1, cpu_count() // args.workers), int)
+    if args.resize:
+        report = json.loads(args.out.with_suffix(".json").read_text())
+        report["sizing"] = sizing(report["runs"], args.workers, threads)
+        write(report, args.out)
+        print(json.dumps(report["sizing"], indent=2))
+        return
 
     capacity = args.workers  # one inference slot per worker
     runs = []
@@ -406,12 +448,15 @@ def main() -> None:
         "mix": [f"{side}x{side} {fmt}" for side, fmt in MIX],
         "command": shlex.join(["python", "benchmarks/load.py", *sys.argv[1:]]),
         "runs": runs,
-        "sizing": sizing(runs, args.workers),
+        "sizing": sizing(runs, args.workers, threads),
     }
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    args.out.with_suffix(".md").write_text(text)
-    print(text)
+    write(report, args.out)
+    print(markdown(report))
+
+
+def write(report: dict, out: Path) -> None:
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
 
 
 if __name__ == "__main__":

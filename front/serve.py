@@ -76,6 +76,10 @@ def milliseconds(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
+# sockaddr_un's sun_path holds 108 bytes with the terminating NUL (Linux unix(7)).
+UNIX_PATH_MAX = 107
+
+
 def nginx_config(front: FrontSettings, workdir: Path, socket_path: Path) -> str:
     """front/nginx.conf with every ``{{name}}`` filled in."""
     limit = front.max_body_bytes
@@ -227,6 +231,13 @@ def serve() -> int:
     ) as work:
         workdir = Path(work)
         socket_path = workdir / "gunicorn.sock"
+        if len(os.fsencode(socket_path)) > UNIX_PATH_MAX:
+            print(
+                f"front: {socket_path} is longer than a unix socket path may be "
+                f"({UNIX_PATH_MAX} bytes); set SSM_FRONT_TEMP_DIR to a shorter folder",
+                file=sys.stderr,
+            )
+            return 2
         config = workdir / "nginx.conf"
         config.write_text(nginx_config(front, workdir, socket_path))
         command = [nginx, "-p", str(workdir), "-c", str(config)]

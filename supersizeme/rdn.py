@@ -185,7 +185,15 @@ def to_openvino(model: keras.Model) -> openvino.Model:
     """The network as an OpenVINO model, converted from the graph the reference runs."""
     import openvino
 
-    return openvino.convert_model(_graph(model))
+    converted = openvino.convert_model(_graph(model))
+    # The converter names nodes and tensors after process-wide counters (Keras' model and
+    # layer counts, OpenVINO's node ids): renamed by their place in the graph, the same
+    # weights give the same file whatever ran before in the process.
+    for index, op in enumerate(converted.get_ordered_ops()):
+        op.set_friendly_name(f"{op.get_type_name()}_{index}")
+        for port, output in enumerate(op.outputs()):
+            output.get_tensor().set_names({f"{op.get_type_name()}_{index}:{port}"})
+    return converted
 
 
 def derive_openvino(folder: ModelFolder) -> ModelFolder:

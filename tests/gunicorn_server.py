@@ -70,45 +70,8 @@ def running_gunicorn(
     model_dir: Path, log: Path, workers: int = 1, env: dict[str, str] | None = None
 ) -> Iterator[Server]:
     """gunicorn on a free port, yielded once /readyz says 200; SIGTERM and wait after."""
-    port = free_port()
-    environment = {
-        **os.environ,
-        "SSM_BIND": f"127.0.0.1:{port}",
-        "SSM_WORKERS": str(workers),
-        "SSM_MODEL_DIR": str(model_dir),
-        **(env or {}),
-    }
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            gunicorn_command(),
-            cwd=REPO_ROOT,
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(port, log, process)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError("gunicorn exited:\n" + server.log_text())
-            try:
-                if request(port, "GET", "/readyz", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("gunicorn did not become ready:\n" + server.log_text())
+    with running(gunicorn_command(), "gunicorn", model_dir, log, workers, env) as server:
         yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def front_command() -> list[str]:
@@ -123,6 +86,19 @@ def running_front(
     """The service as `make serve` starts it (nginx on a free loopback port, gunicorn on a
     unix socket behind it), yielded once /readyz through nginx says 200; SIGTERM and wait
     after. ``process`` is the launcher."""
+    with running(front_command(), "the front", model_dir, log, workers, env) as server:
+        yield server
+
+
+@contextmanager
+def running(
+    command: list[str],
+    name: str,
+    model_dir: Path,
+    log: Path,
+    workers: int,
+    env: dict[str, str] | None,
+) -> Iterator[Server]:
     port = free_port()
     environment = {
         **os.environ,
@@ -133,18 +109,14 @@ def running_front(
     }
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            front_command(),
-            cwd=REPO_ROOT,
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
+            command, cwd=REPO_ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT
         )
     server = Server(port, log, process)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError("the front exited:\n" + server.log_text())
+                raise RuntimeError(f"{name} exited:\n" + server.log_text())
             try:
                 if request(port, "GET", "/readyz", timeout=5)[0] == 200:
                     break
@@ -152,7 +124,7 @@ def running_front(
                 pass
             time.sleep(0.5)
         else:
-            raise RuntimeError("the front did not become ready:\n" + server.log_text())
+            raise RuntimeError(f"{name} did not become ready:\n" + server.log_text())
         yield server
     finally:
         if process.poll() is None:

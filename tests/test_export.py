@@ -12,7 +12,14 @@ import pytest
 from PIL import Image
 
 from supersizeme import export
-from supersizeme.modelspec import SPEC_FILE, WEIGHTS_FILE, ModelFolder, sha256_of
+from supersizeme.modelspec import (
+    OPENVINO_DIR,
+    OPENVINO_FILES,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    ModelFolder,
+    sha256_of,
+)
 from supersizeme.train import TrainConfig, parse_args, read_checkpoint, train
 
 
@@ -57,9 +64,19 @@ def exported(checkpoint, tmp_path_factory) -> tuple[ModelFolder, Path]:
 
 def test_folder_files_and_sha(exported):
     folder, _ = exported
-    assert {p.name for p in folder.path.iterdir()} == {WEIGHTS_FILE, SPEC_FILE, export.CARD_FILE}
+    assert {p.name for p in folder.path.iterdir()} == {
+        WEIGHTS_FILE,
+        SPEC_FILE,
+        export.CARD_FILE,
+        OPENVINO_DIR,
+    }
     spec = json.loads((folder.path / SPEC_FILE).read_text())
     assert spec["weights_sha256"] == sha256_of(folder.path / WEIGHTS_FILE)
+    assert spec["openvino"]["weights_sha256"] == spec["weights_sha256"]
+    for name in OPENVINO_FILES:
+        path = folder.path / OPENVINO_DIR / name
+        assert spec["openvino"]["sha256"][name] == sha256_of(path)
+    assert folder.openvino_model() == folder.path / OPENVINO_DIR / "model.xml"
     assert spec["name"] == "rdn-C1-D1-G4-G04-x2" and spec["C"] == 1 and spec["G0"] == 4
 
 
@@ -106,3 +123,29 @@ def test_card_names_the_licences_of_the_291_images(exported):
     spec = {**exported[0].spec, "training": {"data": export.DEFAULT_DATA_NAME}}
     card = export.render_card(spec, {"train": "t", "export": "e", "evaluate": "v"})
     assert "Yang" in card and "BSDS300" in card and "non-commercial" in card
+
+
+def test_deriving_again_writes_the_same_network(exported, tmp_path):
+    import shutil
+
+    copy = tmp_path / "again"
+    shutil.copytree(exported[0].path, copy)
+    again = export.derive(copy)
+    assert again.spec["openvino"]["sha256"] == exported[0].spec["openvino"]["sha256"]
+
+
+def test_bfloat16_check_is_recorded_for_set5_and_set14(exported, tmp_path):
+    import shutil
+
+    copy = tmp_path / "checked"
+    shutil.copytree(exported[0].path, copy)
+    sets = [random_pngs(tmp_path / name, 2, (30, 26), seed=3) for name in ("set5", "set14")]
+    record = export.check_bfloat16(ModelFolder.open(copy), sets, tile=16, threads=1)
+    assert ModelFolder.open(copy).spec["bfloat16_check"] == record
+    for name in ("set5", "set14"):
+        psnr = record["psnr"][name]
+        assert record["loss_db"][name] == round(psnr["float32"] - psnr["bfloat16"], 4)
+        # bfloat16 keeps 8 bits of mantissa: close to float32, but not the same numbers.
+        assert psnr["float32"] != psnr["bfloat16"]
+        assert abs(record["loss_db"][name]) < 1.0
+    assert export.check_bfloat16(ModelFolder.open(copy), sets[:1]) is None

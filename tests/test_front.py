@@ -17,6 +17,7 @@ import select
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -479,8 +480,8 @@ def gone(pid: int) -> bool:
 
 def test_sigterm_stops_gunicorn_and_nginx_and_cleans_up(tiny_model_dir, tmp_path):
     nginx_or_skip()
-    scratch = tmp_path / "front"
-    scratch.mkdir()
+    # Short: the unix socket's whole path must fit in 107 bytes, and pytest's are long.
+    scratch = Path(tempfile.mkdtemp(prefix="ssm-"))
     env = {"SSM_FRONT_TEMP_DIR": str(scratch)}
     with running_front(tiny_model_dir, tmp_path / "server.log", env=env) as server:
         children = children_by_name(server.process.pid)
@@ -491,6 +492,7 @@ def test_sigterm_stops_gunicorn_and_nginx_and_cleans_up(tiny_model_dir, tmp_path
         assert server.process.wait(timeout=60) == 0
     assert all(gone(pid) for pid in children.values())
     assert list(scratch.iterdir()) == []
+    scratch.rmdir()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
 

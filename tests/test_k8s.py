@@ -2,8 +2,9 @@
 
 Schemas come bundled with kubernetes-validate (no cluster, no network). Besides shape,
 the tests check what a schema cannot: probes hit endpoints the app really serves, the
-resources are those benchmarks/load.json derives from measurements, every SSM_* variable
-is one the service reads, and the grace period covers gunicorn's graceful timeout.
+resources are those benchmarks/load.json derives from measurements (its soak and the
+worst case in benchmarks/memory.json), every SSM_* variable is one the service reads, and
+the grace period covers gunicorn's graceful timeout.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import runpy
+import sys
 
 import kubernetes_validate
 import pytest
@@ -18,6 +20,10 @@ import yaml
 
 from front.serve import SHUTDOWN_MARGIN_SECONDS, TEMPLATE
 from supersizeme.config import MAX_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+import load
 
 K8S = REPO_ROOT / "k8s"
 # The oldest release the manifests claim (preStop "sleep" is on by default from 1.30)
@@ -45,8 +51,12 @@ def env() -> dict[str, str]:
     return {item["name"]: item["value"] for item in container()["env"]}
 
 
+def load_report() -> dict:
+    return json.loads((REPO_ROOT / "benchmarks" / "load.json").read_text())
+
+
 def load_sizing() -> dict:
-    return json.loads((REPO_ROOT / "benchmarks" / "load.json").read_text())["sizing"]
+    return load_report()["sizing"]
 
 
 def mebibytes(quantity: str) -> int:
@@ -94,6 +104,16 @@ def test_resources_follow_the_load_table():
     assert float(resources["limits"]["cpu"]) == sizing["cpu_limit"]
     # One inference thread per core a worker owns.
     assert int(env()["SSM_THREADS"]) * sizing["workers"] == sizing["cpu_limit"]
+
+
+def test_the_sizing_is_the_rule_on_the_soak_and_the_measured_worst_case():
+    """load.json's sizing is what load.py's rule gives from the soak it records and from
+    benchmarks/memory.json as it stands: a worst case measured anew without
+    `load.py --resize` fails here, not only once a pod runs out of memory."""
+    report = load_report()
+    sizing = report["sizing"]
+    assert load.sizing(report["runs"], sizing["workers"], sizing["threads"]) == sizing
+    assert sizing["worst_case_measured"] is not None, "run benchmarks/memory.py"
 
 
 def test_every_setting_is_one_the_service_reads():

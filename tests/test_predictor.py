@@ -154,7 +154,10 @@ def test_a_slow_machine_lowers_the_default_cap_but_not_an_explicit_one(
     deadline = measured * 0.5
     lowered = ModelSlot(folder, LoadSettings(tile=32), PixelCap(2_000_000, deadline))
     lowered.load()
-    assert lowered.max_pixels == speed_cap(2_000_000, measured, deadline) < 2_000_000
+    # Timed again before lowering: the best of the timings decides, never a worse one.
+    retimed = lowered.served.seconds_per_megapixel
+    assert retimed <= measured
+    assert lowered.max_pixels == speed_cap(2_000_000, retimed, deadline) < 2_000_000
     assert "pixel cap lowered from 2000000" in caplog.text
     kept = ModelSlot(folder, LoadSettings(tile=32), PixelCap(2_000_000, deadline, explicit=True))
     kept.load()
