@@ -220,8 +220,8 @@ class Limits:
     such images are reported as too_many_pixels regardless.
     """
 
-    # 2 MP: about 27 s of float32 inference on one core (benchmarks/latency-cap.md), under
-    # half the request deadline, so a request at the cap finishes even behind a small one.
+    # 2 MP fits in half the request deadline on two cores in float32 (benchmarks/runtime.md),
+    # so a request at the cap finishes even behind another; slower workers lower it at start.
     max_pixels: int = 2_000_000
     min_side: int = 8
     scale: int = 2

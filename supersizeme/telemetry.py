@@ -39,8 +39,8 @@ from supersizeme.modelspec import ModelFolder
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
-# Health checks and refusals take milliseconds; an image at the pixel cap takes about 27 s on
-# one core and the deadline is 60 s by default, so the buckets reach past a minute.
+# Health checks and refusals take milliseconds; an image at the pixel cap takes up to half the
+# deadline, 60 s by default, and may wait as long again, so the buckets reach past a minute.
 SECONDS_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 45, 60, 90)
 # From thumbnails to above the default 2 MP cap (an operator may raise it).
 PIXEL_BUCKETS = (16_384, 65_536, 262_144, 500_000, 1_000_000, 1_500_000, 2_000_000, 4_000_000)
