@@ -11,10 +11,8 @@ from flask import Flask
 
 from supersizeme import config as settings
 from supersizeme.admission import InferenceGate
-from supersizeme.machine import cpu_flags
 from supersizeme.modelspec import ModelFolder
 from supersizeme.predictor import LoadSettings, ModelSlot, PixelCap
-from supersizeme.runtime import choose_precision
 
 log = logging.getLogger("supersizeme")
 
@@ -83,8 +81,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # PROMETHEUS_MULTIPROC_DIR (it picks its storage once, at import).
     from supersizeme.telemetry import Telemetry
 
-    precision = choose_precision(config["PRECISION"], cpu_flags(), folder.spec).precision
-    app.extensions["supersizeme.telemetry"] = Telemetry(folder, precision)
+    app.extensions["supersizeme.telemetry"] = Telemetry(folder, slot.precision)
     if app.config["LOAD_IN_BACKGROUND"]:
         slot.load_in_background(on_failure=_exit_worker)
     else:

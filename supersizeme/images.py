@@ -60,7 +60,7 @@ _GREY_MODES = frozenset({"1", "L", "LA", "La"})
 # Decoders also spend time on how a file is cut up, not only on its pixels and size. Each
 # limit is far above what encoders write; together they keep the decoding of the worst
 # accepted 5 MB upload under a second and 100 MiB. The costs quoted below are of files
-# the limits now refuse, decoded by Pillow alone (benchmarks/decode-bounds.md).
+# the limits refuse, decoded by Pillow alone (benchmarks/decode-bounds.md).
 
 # libjpeg decodes every scan of a progressive JPEG over the whole image, however few bytes
 # the scan has: 20,000 scans of 12 bytes (250 KB) took 4.6 s at 2 MP. libjpeg-turbo advises

@@ -126,8 +126,11 @@ def compile_openvino(model: Any, precision: str, threads: int) -> LoadedNetwork:
     lock = threading.Lock()
 
     def run(batch: np.ndarray) -> np.ndarray:
+        # infer copies the input in and the output out (share_inputs, share_outputs False),
+        # so a tile cut from the image needs no copy of its own and the result outlives
+        # the request's next call.
         with lock:
-            return request.infer({0: np.ascontiguousarray(batch, np.float32)})[0].copy()
+            return request.infer({0: batch})[0]
 
     return LoadedNetwork(run, "openvino", in_force)
 
