@@ -55,7 +55,7 @@ test: lint browser nginx
 	$(BIN)/python -m pytest -q
 
 # What gpu/run.sh needs on a GPU machine that has PyTorch but neither Flask nor the data
-# (see README "Training on a GPU machine"): Flask and all it needs as wheels for its
+# (see docs/model.md "Training on a GPU machine"): Flask and all it needs as wheels for its
 # Python 3.12 (what the machine has of them is not relied on), and the
 # training images with Set5 for the validation read-out, and the shipped model's checkpoint
 # as init.npz for gpu/jobs.txt's --init-from. Both folders are git-ignored.

@@ -1,6 +1,6 @@
 """gunicorn settings for Super Size Me (``gunicorn --config gunicorn.conf.py app:app``).
 
-Each setting is read from the environment (see supersizeme/config.py and the README)
+Each setting is read from the environment (see supersizeme/config.py and docs/operations.md)
 so that a container or a Makefile can change it without editing this file.
 """
 
@@ -25,14 +25,15 @@ bind = settings.env("SSM_BIND", "0.0.0.0:8000")
 workers = settings.default_workers()
 
 # gthread: a few threads per worker so that /healthz, /readyz and quick refusals are
-# answered while a long inference runs; inference itself is serialised per worker by
-# a lock in the app, so threads do not oversubscribe the cores. The README says why not
-# sync or gevent. Our subclass (supersizeme/worker.py) bounds the time a request line and
-# headers may take, answers gunicorn's own refusals in JSON, counts only upscales towards
-# max_requests and refuses new connections at once while stopping.
+# answered while a long inference runs; no more images compute at once than the runtime
+# has streams (supersizeme/admission.py), so threads do not oversubscribe the cores.
+# docs/operations.md says why not sync or gevent. Our subclass (supersizeme/worker.py)
+# bounds the time a request line and headers may take, answers gunicorn's own refusals
+# in JSON, counts only upscales towards max_requests and refuses new connections at once
+# while stopping.
 worker_class = "supersizeme.worker.StoppingThreadWorker"
-# One runs the image, SSM_MAX_WAITING (4) wait for their turn, the rest answer probes,
-# scrapes and refusals.
+# One image per stream runs, SSM_MAX_WAITING (4) wait for their turn, the rest answer
+# probes, scrapes and refusals.
 threads = settings.env("SSM_GUNICORN_THREADS", 8, int)
 
 # The app ends every request at its own deadline (503); gunicorn's timeout is a

@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 
 # (side, format): every client cycles through this list, each from its own offset.
 MIX = [(128, "PNG"), (256, "JPEG"), (512, "PNG"), (128, "JPEG"), (256, "PNG"), (512, "JPEG")]
-# Sizing rule (README "Scale-out and sizing"): memory = (workers x per-worker peak RSS
+# Sizing rule (docs/operations.md "Scale-out and sizing"): memory = (workers x per-worker peak RSS
 # + gunicorn master + the front's processes) x (1 + margin), rounded up to 128 MiB. The
 # per-worker peak is the larger of this soak's and the worst case in memory.json (an upload
 # at the pixel cap in inference while hostile uploads decode next to it), since that can

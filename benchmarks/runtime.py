@@ -22,6 +22,7 @@ process. Times are medians of ``--repeat`` runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -55,11 +56,12 @@ MODEL = REPO_ROOT / "models" / DEFAULT_MODEL
 SET5 = REPO_ROOT.parent / "shared" / "datasets" / "benchmark" / "set5"
 TILE_SIDE = 564  # a 512 tile plus the shipped model's overlap of 26 on each side
 MATMUL_SIDE = 2048
-# (name in the table, runtime, XLA)
+# (name in the table, runtime, XLA, one stream per thread at all threads)
 RUNTIMES = (
-    ("tensorflow graph (reference)", "tensorflow", False),
-    ("tensorflow graph + XLA", "tensorflow", True),
-    ("openvino", "openvino", False),
+    ("tensorflow graph (reference)", "tensorflow", False, False),
+    ("tensorflow graph + XLA", "tensorflow", True, False),
+    ("openvino, one stream on all threads", "openvino", False, False),
+    ("openvino, one stream per thread (served)", "openvino", False, True),
 )
 
 
@@ -100,8 +102,10 @@ def child_peak(threads: int) -> dict:
 
 
 def child_network(
-    runtime: str, xla: bool, precision: str, threads: int, repeat: int, psnr: bool
+    runtime: str, xla: bool, precision: str, threads: int, streams: int, repeat: int, psnr: bool
 ) -> dict:
+    """Seconds per input megapixel with ``streams`` tiles at once (throughput), and the
+    Set5 Y-PSNR through the served path with each image's tiles spread over the streams."""
     from supersizeme.evaluate import evaluate_folder, served_png
     from supersizeme.modelspec import ModelFolder
     from supersizeme.runtime import load_network
@@ -115,15 +119,21 @@ def child_network(
         run = compile_network(load_rdn(folder, precision), jit_compile=True)
         in_force = precision
     else:
-        network = load_network(folder, runtime, precision, threads)
+        network = load_network(folder, runtime, precision, threads, streams)
         run, in_force = network.run, network.precision
     tile = (photo_like(TILE_SIDE, TILE_SIDE)[None] / 255).astype(np.float32)
-    seconds = median_seconds(lambda: run(tile), repeat)
-    row = {"precision": in_force, "s_per_mp": seconds / (TILE_SIDE**2 / 1e6)}
+    with ThreadPoolExecutor(streams) as pool:
+        seconds = median_seconds(lambda: list(pool.map(run, [tile] * streams)), repeat)
+    row = {
+        "precision": in_force,
+        "streams": streams,
+        "s_per_mp": seconds / streams / (TILE_SIDE**2 / 1e6),
+    }
     if psnr and SET5.is_dir():
         upscaler = TiledUpscaler(run, folder.params.scale, folder.params.receptive_radius)
+        upscale = functools.partial(upscaler, lanes=streams)
         result = evaluate_folder(
-            served_png(upscaler, folder.params.scale), SET5, folder.params.scale
+            served_png(upscale, folder.params.scale), SET5, folder.params.scale
         )
         row["set5_psnr"] = result["psnr"]
     return row
@@ -224,8 +234,9 @@ def wait_ready(port: int, process: subprocess.Popen, seconds: float = 300) -> No
 
 def measure_service(port: int, command: list[str], layout: str, repeat: int) -> dict:
     """The served path end to end, with the service started as ``command`` starts it, in
-    ``layout`` (workers x inference threads per worker, e.g. ``1x2``)."""
-    workers, threads = layout.split("x")
+    ``layout`` (workers x inference threads per worker [x streams], e.g. ``1x2`` or
+    ``1x2x1``; without streams, the service's default)."""
+    workers, threads, *streams = layout.split("x")
     # The cap set explicitly: a layout of one-thread workers would lower its own below the
     # 1 MP photo, and this table compares speeds.
     env = {
@@ -233,6 +244,7 @@ def measure_service(port: int, command: list[str], layout: str, repeat: int) -> 
         "PORT": str(port),
         "SSM_WORKERS": workers,
         "SSM_THREADS": threads,
+        "SSM_STREAMS": streams[0] if streams else "",
         "SSM_MAX_PIXELS": "2000000",
     }
     process = subprocess.Popen(
@@ -308,7 +320,8 @@ def report(results: dict) -> str:
         lines += [
             "",
             f"The service over HTTP, started by `{results['serve_command']}` in each layout "
-            "(workers × inference threads per worker; SSM_WORKERS, SSM_THREADS). Reference: "
+            "(workers × inference threads per worker [× streams, else one per thread]; "
+            "SSM_WORKERS, SSM_THREADS, SSM_STREAMS). Reference: "
             "the shipped weights in a one-thread TensorFlow graph on the same 512 x 512 image, "
             f'{reference:.2f} s. "Four" is the wall time until all four simultaneous requests '
             "were answered, against four reference times; answers other than 200 are counted "
@@ -361,7 +374,10 @@ def main() -> None:
     parser.add_argument("--serve", default="make serve", help="how the service is started")
     parser.add_argument("--no-service", action="store_true", help="skip the HTTP part")
     parser.add_argument(
-        "--layouts", nargs="*", help="workers x threads to serve in (default: 1 x cores, cores x 1)"
+        "--layouts",
+        nargs="*",
+        help="workers x threads [x streams] to serve in (default: 1 x cores, the same on "
+        "one stream, cores x 1)",
     )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -371,9 +387,15 @@ def main() -> None:
         if kind == "peak":
             row = child_peak(args.threads)
         elif kind == "network":
-            runtime, xla, precision, psnr = rest
+            runtime, xla, precision, streams, psnr = rest
             row = child_network(
-                runtime, xla == "xla", precision, args.threads, args.repeat, psnr == "psnr"
+                runtime,
+                xla == "xla",
+                precision,
+                args.threads,
+                int(streams),
+                args.repeat,
+                psnr == "psnr",
             )
         elif kind == "reference":
             row = child_reference_512(args.repeat)
@@ -404,14 +426,17 @@ def main() -> None:
     results["peak"] = {"1": in_child(1, "peak")["gflops"], "all": in_child(cores, "peak")["gflops"]}
     precisions = ["float32", "bfloat16"] if native_bfloat16(flags) else ["float32"]
     rows = []
-    for name, runtime, xla in RUNTIMES:
+    for name, runtime, xla, per_thread in RUNTIMES:
         for precision in precisions:
             mode = "xla" if xla else "graph"
+            streams = str(cores if per_thread else 1)
             rows.append(
                 {
                     "name": name,
-                    "1": in_child(1, "network", runtime, mode, precision, "no", *rep),
-                    "all": in_child(cores, "network", runtime, mode, precision, "psnr", *rep),
+                    "1": in_child(1, "network", runtime, mode, precision, "1", "no", *rep),
+                    "all": in_child(
+                        cores, "network", runtime, mode, precision, streams, "psnr", *rep
+                    ),
                 }
             )
             print(f"{name} {precision}: {rows[-1]}", file=sys.stderr)
@@ -421,7 +446,7 @@ def main() -> None:
         results["reference_512"] = in_child(1, "reference", *rep)
         results["service"] = [
             measure_service(args.port, args.serve.split(), layout, args.repeat)
-            for layout in args.layouts or [f"1x{cores}", f"{cores}x1"]
+            for layout in args.layouts or [f"1x{cores}", f"1x{cores}x1", f"{cores}x1"]
         ]
     results["load_after"] = load_average()
     if args.json:

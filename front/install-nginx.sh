@@ -7,7 +7,7 @@ if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then
     exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "nginx is missing: make serve runs it in front of gunicorn (see README," >&2
+    echo "nginx is missing: make serve runs it in front of gunicorn (see docs/operations.md," >&2
     echo "'What protects the service'). Install it as root (Debian: apt-get install nginx)" >&2
     echo "or run make serve as root on Debian, which installs it." >&2
     exit 1

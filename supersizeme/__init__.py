@@ -71,11 +71,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             precision=config["PRECISION"],
             tile=config["TILE"],
             threads=config["THREADS"],
+            streams=config["STREAMS"],
         ),
         PixelCap(config["MAX_PIXELS"], config["DEADLINE_SECONDS"], config["MAX_PIXELS_SET"]),
     )
     app.extensions["supersizeme.model"] = slot
-    app.extensions["supersizeme.gate"] = InferenceGate(app.config["MAX_WAITING"])
+    app.extensions["supersizeme.gate"] = InferenceGate(
+        config["MAX_WAITING"], slot.settings.tiles_at_once
+    )
     # Imported here, not at the top: gunicorn's master imports this package with its config,
     # and prometheus_client must not be imported there before gunicorn.conf.py has set
     # PROMETHEUS_MULTIPROC_DIR (it picks its storage once, at import).

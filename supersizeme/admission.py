@@ -1,7 +1,8 @@
 """Who may run the network in this worker, and who must wait or go away.
 
-One inference at a time per worker: the network already spreads one image over the
-worker's share of the cores, and a second at once would only slow both. A few requests
+As many images compute at once as the runtime has streams, one stream each, so that
+several requests share the cores without fighting over them; a request alone in the
+worker gets every stream, and its tiles run side by side. A few requests
 may wait for their turn (until their deadline, or until their client hangs up); beyond
 that they are turned away at once, so that a gthread worker always has a thread left for
 /healthz, /readyz and quick refusals.
@@ -25,25 +26,36 @@ class Overloaded(Exception):
 
 
 class InferenceGate:
-    def __init__(self, max_waiting: int):
-        self._turn = threading.Lock()
-        self._places = 1 + max_waiting  # the one running and those waiting
+    def __init__(self, max_waiting: int, streams: int = 1):
+        self._streams = streams
+        self._turn = threading.Semaphore(streams)
+        self._places = streams + max_waiting  # those running and those waiting
         self._taken = 0
+        self._present = 0  # requests between ``present`` and their answer
         self._counting = threading.Lock()
 
-    def has_room(self) -> bool:
-        """Whether a request arriving now would find a place, without taking one.
+    @contextmanager
+    def present(self) -> Iterator[None]:
+        """Count a request as in the worker, from before its upload is read to its answer.
 
-        Asked before an upload is read, so that a full worker refuses without reading it.
-        The place itself is taken only in ``turn``, once the image is read and decoded: a
-        slow upload must not hold a place that a request ready to compute could use.
+        Raises Overloaded at once if there is no place for it, so that a full worker
+        refuses without reading the upload. The place itself is taken only in ``turn``,
+        once the image is read and decoded: a slow upload must not hold a place that a
+        request ready to compute could use.
         """
         with self._counting:
-            return self._taken < self._places
+            if self._taken >= self._places:
+                raise Overloaded
+            self._present += 1
+        try:
+            yield
+        finally:
+            with self._counting:
+                self._present -= 1
 
     @contextmanager
-    def turn(self, stop: Stop) -> Iterator[None]:
-        """Hold the worker's inference turn.
+    def turn(self, stop: Stop) -> Iterator[int]:
+        """Hold one of the worker's inference turns; yields how many streams to use.
 
         Raises Overloaded if no place is free, and whatever ``stop.check`` raises
         (DeadlineExceeded, ClientGone) while waiting, giving the place back at once.
@@ -58,12 +70,25 @@ class InferenceGate:
             while not self._turn.acquire(timeout=self._slice(stop)):
                 stop.check()
             try:
-                yield
+                yield self._lanes()
             finally:
                 self._turn.release()
         finally:
             with self._counting:
                 self._taken -= 1
+
+    def _lanes(self) -> int:
+        """Every stream for a request alone in the worker; one when others are running,
+        waiting, or on their way in (uploading, decoding).
+
+        Cutting an image into one tile per stream adds context to compute; that pays only
+        while the other streams would otherwise idle. Requests of a burst arrive a few
+        milliseconds apart, so the first to finish decoding must not count as alone while
+        the others are still being read.
+        """
+        with self._counting:
+            alone = self._taken == 1 and self._present <= 1
+            return self._streams if alone else 1
 
     @staticmethod
     def _slice(stop: Stop) -> float:

@@ -6,6 +6,7 @@ log keeps the detail, keyed by the request id that the answer also carries.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -305,32 +306,38 @@ def supersize() -> ResponseReturnValue:
     scale, image_format = requested_output()
     refuse_declared_oversize()
     model = slot()
-    if model.upscaler is None:
+    if model.served is None:
         raise not_ready()
     gate: InferenceGate = current_app.extensions["supersizeme.gate"]
     # A chunked body is refused here just like one with a Content-Length: whether there is
     # room does not depend on the body's size. Either way gunicorn then drains a little of
     # the unread body (to keep the connection) or closes the connection.
-    if not gate.has_room():
-        raise overloaded()
-    data = read_upload()
+    try:
+        with gate.present():
+            return upscale_upload(model, gate, scale, image_format)
+    except Overloaded:
+        # Full on arrival, or filled up while this body was being read and decoded.
+        raise overloaded() from None
 
+
+def upscale_upload(
+    model: ModelSlot, gate: InferenceGate, scale: int, image_format: str
+) -> ResponseReturnValue:
+    data = read_upload()
     stop = Stop(request_deadline(), client_watch(request.environ))
     timings = g.timings = Timings()
     image = decode_for(data, limits(), scale, image_format, timings)
     g.image_size = (image.width, image.height)
     waiting = time.perf_counter()
     try:
-        with gate.turn(stop):
+        with gate.turn(stop) as lanes:
             timings.queue = time.perf_counter() - waiting
-            encoded = upscale_decoded(image, model.upscaler, scale, stop, timings, image_format)
+            upscale = functools.partial(model.served, lanes=lanes)
+            encoded = upscale_decoded(image, upscale, scale, stop, timings, image_format)
     except DeadlineExceeded:
         raise deadline_passed() from None
     except ClientGone:
         return client_closed()
-    except Overloaded:
-        # The room filled up while this body was being read and decoded.
-        raise overloaded() from None
     response = Response(encoded, mimetype=OUTPUT_FORMATS[image_format].mimetype)
     response.headers["Content-Disposition"] = (
         f'inline; filename="{output_name("supersized", scale, image_format)}"'
@@ -460,6 +467,7 @@ def runtime_info(model: ModelSlot) -> dict[str, Any]:
         "precision": served.precision,
         "precision_reason": served.precision_reason,
         "threads": served.threads,
+        "streams": served.streams,
         "cpu_features": served.cpu_features,
         "seconds_per_megapixel": round(served.seconds_per_megapixel, 3),
     }

@@ -1,7 +1,7 @@
 """Every setting of the service, in one place, with its default and environment variable.
 
 ``create_app`` reads these once; tests pass overrides instead of touching the
-environment. The README's configuration table lists the same variables.
+environment. docs/operations.md's configuration table lists the same variables.
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ def env(name: str, default: Any, kind: type = str) -> Any:
 
 
 def default_workers() -> int:
-    """One worker per replica: its one inference at a time runs on every core.
+    """One worker per replica, with an inference stream on every core.
 
-    The runtime spreads one image over all the cores nearly linearly (benchmarks/runtime.md),
-    so one worker serves a lone request as fast as the replica can and queues the rest
-    instead of running several at once on the same cores; it also holds one copy of the
-    model instead of one per core.
+    Its streams run concurrent requests side by side and a lone request's tiles on every
+    core (benchmarks/runtime.md compares this with one worker per core); it also holds one
+    copy of the model instead of one per core.
     """
     return env("SSM_WORKERS", 1, int)
 
@@ -51,6 +50,8 @@ def from_environment() -> dict[str, Any]:
         "PRECISION": env("SSM_PRECISION", "auto"),
         "TILE": env("SSM_TILE", 512, int),
         "THREADS": env("SSM_THREADS", max(1, cpu_count() // workers), int),
+        # Tiles computed at once, sharing the threads; 0: one per thread (OpenVINO).
+        "STREAMS": env("SSM_STREAMS", 0, int),
         "MAX_BODY_BYTES": env("SSM_MAX_BODY_BYTES", MAX_BODY_BYTES, int),
         "MAX_PIXELS": env("SSM_MAX_PIXELS", Limits.max_pixels, int),
         # An operator's cap is kept as set; the default one is lowered at start-up on a

@@ -1,4 +1,4 @@
-"""The README's two figures, drawn from a model folder rather than by hand.
+"""The two figures of docs/model.md, drawn from a model folder rather than by hand.
 
     python -m supersizeme.figures --model models/rdn-C3-D6-G32-G032-x2 \\
         --image ../shared/datasets/benchmark/set14/img_005.png --out assets/

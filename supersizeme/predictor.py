@@ -12,13 +12,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from supersizeme.machine import cpu_flags, reported_flags
 from supersizeme.modelspec import ModelFolder
-from supersizeme.runtime import choose_precision, load_network
+from supersizeme.runtime import choose_precision, load_network, stream_count
 from supersizeme.tiling import Stop, TiledUpscaler
 
 log = logging.getLogger("supersizeme")
@@ -41,6 +42,11 @@ class LoadSettings:
     precision: str = "auto"
     tile: int = 512
     threads: int = 1
+    streams: int = 0  # tiles computed at once; 0: the runtime's default (runtime.stream_count)
+
+    @property
+    def tiles_at_once(self) -> int:
+        return stream_count(self.runtime, self.threads, self.streams)
 
 
 @dataclass(frozen=True)
@@ -52,27 +58,49 @@ class ServedModel:
     precision: str
     precision_reason: str
     threads: int
+    streams: int
     cpu_features: list[str]
-    # Seconds of inference per input megapixel, tile overlap included: the warm-up probe's
-    # time scaled by how much more a full tile computes than it keeps.
+    # Seconds of inference per input megapixel of an image alone on the worker, tile
+    # overlap included: the warm-up probes' time scaled by how much more a full tile
+    # computes than it keeps.
     seconds_per_megapixel: float
 
-    def __call__(self, image: np.ndarray, stop: Stop | None = None) -> np.ndarray:
-        return self.upscaler(image, stop)
+    def __call__(
+        self, image: np.ndarray, stop: Stop | None = None, lanes: int | None = None
+    ) -> np.ndarray:
+        """Upscale ``image`` on ``lanes`` streams at once (all of them unless given)."""
+        return self.upscaler(image, stop, self.streams if lanes is None else lanes)
 
 
-def measure_speed(upscaler: TiledUpscaler) -> float:
-    """Seconds per input megapixel of ``upscaler`` on interior tiles, measured now."""
+def warm_up(upscaler: TiledUpscaler, streams: int) -> None:
+    """Run one full tile on every stream at once.
+
+    A stream's first tile at a size larger than any before allocates and first touches its
+    buffers, which makes it markedly slower than the next ones. Done here, the
+    worker's first requests do not pay for it, the speed probes time the machine rather
+    than the allocator, and the worker's resident memory at rest is what it needs at work.
+    """
+    side = upscaler.tile + 2 * upscaler.overlap
+    tile = np.zeros((1, side, side, 3), np.float32)
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(upscaler.network, [tile] * streams))
+
+
+def measure_speed(upscaler: TiledUpscaler, streams: int = 1) -> float:
+    """Seconds per input megapixel of ``upscaler`` on interior tiles with every stream
+    busy, measured now."""
     probe = np.random.default_rng(0).random((SPEED_PROBE_SIDE, SPEED_PROBE_SIDE, 3), np.float32)
-    upscaler(probe)  # the first call at a new size prepares kernels for it
-    # The fastest of a few runs: the speed of the machine, not of whatever else was
-    # starting on it at the same moment (other workers loading their models).
-    timings = []
-    for _ in range(SPEED_PROBE_RUNS):
-        started = time.perf_counter()
-        upscaler(probe)
-        timings.append(time.perf_counter() - started)
-    per_pixel = min(timings) / SPEED_PROBE_SIDE**2
+    with ThreadPoolExecutor(streams) as pool:
+
+        def probe_every_stream() -> float:
+            started = time.perf_counter()
+            list(pool.map(upscaler, [probe] * streams))
+            return time.perf_counter() - started
+
+        # The fastest of a few runs: the speed of the machine, not of whatever else was
+        # starting on it at the same moment (other workers loading their models).
+        fastest = min(probe_every_stream() for _ in range(SPEED_PROBE_RUNS))
+    per_pixel = fastest / (streams * SPEED_PROBE_SIDE**2)
     overlap = ((upscaler.tile + 2 * upscaler.overlap) / upscaler.tile) ** 2
     return per_pixel * overlap * 1e6
 
@@ -84,13 +112,16 @@ def load(folder: ModelFolder, settings: LoadSettings) -> ServedModel:
         if key not in _cache:
             flags = cpu_flags()
             choice = choose_precision(settings.precision, flags, folder.spec)
-            network = load_network(folder, settings.runtime, choice.precision, settings.threads)
+            network = load_network(
+                folder, settings.runtime, choice.precision, settings.threads, settings.streams
+            )
             upscaler = TiledUpscaler(
                 network.run,
                 scale=folder.params.scale,
                 overlap=folder.params.receptive_radius,
                 tile=settings.tile,
             )
+            warm_up(upscaler, network.streams)
             reason = choice.reason
             if network.precision != choice.precision:
                 reason = (
@@ -102,8 +133,9 @@ def load(folder: ModelFolder, settings: LoadSettings) -> ServedModel:
                 precision=network.precision,
                 precision_reason=reason,
                 threads=settings.threads,
+                streams=network.streams,
                 cpu_features=reported_flags(flags),
-                seconds_per_megapixel=measure_speed(upscaler),
+                seconds_per_megapixel=measure_speed(upscaler, network.streams),
             )
         return _cache[key]
 
@@ -187,7 +219,7 @@ class ModelSlot:
         timings = [served.seconds_per_megapixel]
         for _ in range(RETIMINGS):
             time.sleep(RETIME_PAUSE_SECONDS)
-            timings.append(measure_speed(served.upscaler))
+            timings.append(measure_speed(served.upscaler, served.streams))
         return replace(served, seconds_per_megapixel=min(timings))
 
     def _fitting(self, served: ServedModel) -> int:

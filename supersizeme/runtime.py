@@ -6,12 +6,14 @@ reaches well under half of it (benchmarks/runtime.md). TensorFlow stays as the r
 runtime that the tests compare the derived network against; only that runtime imports it.
 
 A network is a ``(1, h, w, 3) float32 -> (1, h * scale, w * scale, 3) float32`` callable
-(``tiling.Network``), whichever runtime runs it.
+(``tiling.Network``), whichever runtime runs it, safe to call from several threads. OpenVINO
+runs it on ``streams`` inference streams that split the threads between them: as many
+tiles run at once as there are streams (benchmarks/runtime.md compares the layouts).
 """
 
 from __future__ import annotations
 
-import threading
+import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,36 +82,54 @@ class LoadedNetwork:
     run: Network
     runtime: str
     precision: str  # what the runtime computes in, as it reports it
+    streams: int  # how many calls of ``run`` compute at once
 
 
-def load_network(folder: ModelFolder, runtime: str, precision: str, threads: int) -> LoadedNetwork:
-    """The folder's network in ``runtime``, computing in ``precision`` on ``threads`` cores."""
-    if runtime == "openvino":
-        return _openvino(folder, precision, threads)
+def stream_count(runtime: str, threads: int, streams: int = 0) -> int:
+    """How many tiles ``runtime`` computes at once: ``streams``, or by default (0) one per
+    thread in OpenVINO, where a stream of one core each came closest to the matmul peak
+    (benchmarks/runtime.md). TensorFlow's graph runs one tile at a time on every thread."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
     if runtime == "tensorflow":
-        return _tensorflow(folder, precision, threads)
-    raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+        if streams > 1:
+            raise ValueError("the tensorflow runtime computes one tile at a time (streams 1)")
+        return 1
+    if not 0 <= streams <= threads:
+        raise ValueError(f"streams must be between 1 and the {threads} threads, not {streams}")
+    return streams or threads
 
 
-def _openvino(folder: ModelFolder, precision: str, threads: int) -> LoadedNetwork:
+def load_network(
+    folder: ModelFolder, runtime: str, precision: str, threads: int, streams: int = 0
+) -> LoadedNetwork:
+    """The folder's network in ``runtime``, computing in ``precision`` on ``threads`` cores,
+    ``stream_count(runtime, threads, streams)`` tiles at once."""
+    streams = stream_count(runtime, threads, streams)
+    if runtime == "openvino":
+        return _openvino(folder, precision, threads, streams)
+    return _tensorflow(folder, precision, threads)
+
+
+def _openvino(folder: ModelFolder, precision: str, threads: int, streams: int) -> LoadedNetwork:
     import openvino
 
     model = openvino.Core().read_model(folder.openvino_model())
     _check_architecture(model, folder)
-    return compile_openvino(model, precision, threads)
+    return compile_openvino(model, precision, threads, streams)
 
 
-def compile_openvino(model: Any, precision: str, threads: int) -> LoadedNetwork:
-    """An OpenVINO model compiled for this CPU: one image at a time, on ``threads`` cores."""
+def compile_openvino(model: Any, precision: str, threads: int, streams: int = 1) -> LoadedNetwork:
+    """An OpenVINO model compiled for this CPU: ``streams`` tiles at once, sharing
+    ``threads`` cores between them."""
     import openvino
 
     compiled = openvino.Core().compile_model(
         model,
         "CPU",
         {
-            # One stream on every thread: one image at a time, spread over all the cores.
             "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
+            "NUM_STREAMS": streams,
             "INFERENCE_NUM_THREADS": threads,
             # Pinned, the threads of every worker process start on the same first cores:
             # two one-thread workers measured half their speed each, sharing one core.
@@ -120,19 +140,23 @@ def compile_openvino(model: Any, precision: str, threads: int) -> LoadedNetwork:
     # OpenVINO falls back to float32 where the CPU lacks bfloat16; report what it runs.
     computed = compiled.get_property("INFERENCE_PRECISION_HINT")
     in_force = "bfloat16" if computed == openvino.Type.bf16 else "float32"
-    request = compiled.create_infer_request()
-    # An infer request runs one input at a time; callers outside the server's inference
-    # gate (the CLI, benchmarks) may share it between threads.
-    lock = threading.Lock()
+    # One infer request per stream, each running one tile at a time: a caller takes a free
+    # one, or waits for one, so any number of threads may call ``run``.
+    idle: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(streams):
+        idle.put(compiled.create_infer_request())
 
     def run(batch: np.ndarray) -> np.ndarray:
-        # infer copies the input in and the output out (share_inputs, share_outputs False),
-        # so a tile cut from the image needs no copy of its own and the result outlives
-        # the request's next call.
-        with lock:
+        request = idle.get()
+        try:
+            # infer copies the input in and the output out (share_inputs, share_outputs
+            # False), so a tile cut from the image needs no copy of its own and the result
+            # outlives the request's next call.
             return request.infer({0: batch})[0]
+        finally:
+            idle.put(request)
 
-    return LoadedNetwork(run, "openvino", in_force)
+    return LoadedNetwork(run, "openvino", in_force, streams)
 
 
 def _check_architecture(model: Any, folder: ModelFolder) -> None:
@@ -156,4 +180,4 @@ def _tensorflow(folder: ModelFolder, precision: str, threads: int) -> LoadedNetw
     from supersizeme.rdn import compile_network, configure_threads, load_rdn
 
     configure_threads(threads)
-    return LoadedNetwork(compile_network(load_rdn(folder, precision)), "tensorflow", precision)
+    return LoadedNetwork(compile_network(load_rdn(folder, precision)), "tensorflow", precision, 1)

@@ -7,12 +7,17 @@ the input it would have seen in one whole-image pass, so tiles leave no seam and
 per request is bounded by the tile size rather than the image size. At the image's own
 borders no context is added: the network pads there with zeros, as it does for the
 whole image.
+
+Tiles are independent, so one image can run on several of the runtime's streams at once
+(``lanes``): an image that would be a single tile is then cut into one tile per lane, at
+the price of the context its cuts add.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,15 +64,45 @@ class Stop:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
 
+def even_spans(length: int, count: int) -> list[tuple[int, int]]:
+    """``count`` half-open spans of near-equal size that cover ``range(length)``."""
+    edges = np.linspace(0, length, count + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+
+
 def tile_spans(length: int, tile: int) -> list[tuple[int, int]]:
     """Half-open spans of at most ``tile`` that cover ``range(length)``, sized evenly.
 
     Even sizes avoid a sliver tile at the end, which would cost a whole overlap of
     context for a few pixels of output.
     """
-    count = max(1, -(-length // tile))
-    edges = np.linspace(0, length, count + 1).round().astype(int)
-    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+    return even_spans(length, max(1, -(-length // tile)))
+
+
+Box = tuple[int, int, int, int]  # top, bottom, left, right of a tile's kept core
+
+
+def tile_boxes(height: int, width: int, tile: int, lanes: int = 1, min_cut: int = 1) -> list[Box]:
+    """The tiles of an image: at most ``tile`` on a side, and at least ``lanes`` of them
+    where the image allows pieces of at least ``min_cut`` pixels on the side that is cut.
+
+    Extra cuts run along the tiles' shorter side, where a cut adds the least context.
+    """
+    rows, cols = -(-height // tile), -(-width // tile)
+    while rows * cols < lanes:
+        if height / rows >= width / cols and height // (rows + 1) >= min_cut:
+            rows += 1
+        elif width // (cols + 1) >= min_cut:
+            cols += 1
+        elif height // (rows + 1) >= min_cut:
+            rows += 1
+        else:
+            break
+    return [
+        (y0, y1, x0, x1)
+        for y0, y1 in even_spans(height, rows)
+        for x0, x1 in even_spans(width, cols)
+    ]
 
 
 @dataclass(frozen=True)
@@ -77,19 +112,41 @@ class TiledUpscaler:
     overlap: int
     tile: int = 512
 
-    def __call__(self, image: np.ndarray, stop: Stop | None = None) -> np.ndarray:
-        """Upscale an HxWx3 float image, checking ``stop`` before each tile."""
+    def __call__(self, image: np.ndarray, stop: Stop | None = None, lanes: int = 1) -> np.ndarray:
+        """Upscale an HxWx3 float image on up to ``lanes`` tiles at once, checking ``stop``
+        before each tile.
+
+        ``network`` must accept calls from ``lanes`` threads at once.
+        """
         height, width = image.shape[:2]
         s, pad = self.scale, self.overlap
         output = np.empty((height * s, width * s, image.shape[2]), np.float32)
-        for y0, y1 in tile_spans(height, self.tile):
-            for x0, x1 in tile_spans(width, self.tile):
-                if stop is not None:
-                    stop.check()
-                top, left = max(0, y0 - pad), max(0, x0 - pad)
-                bottom, right = min(height, y1 + pad), min(width, x1 + pad)
-                result = self.network(image[None, top:bottom, left:right])[0]
-                output[y0 * s : y1 * s, x0 * s : x1 * s] = result[
-                    (y0 - top) * s : (y1 - top) * s, (x0 - left) * s : (x1 - left) * s
-                ]
+
+        def run(box: Box) -> None:
+            if stop is not None:
+                stop.check()
+            y0, y1, x0, x1 = box
+            top, left = max(0, y0 - pad), max(0, x0 - pad)
+            bottom, right = min(height, y1 + pad), min(width, x1 + pad)
+            result = self.network(image[None, top:bottom, left:right])[0]
+            output[y0 * s : y1 * s, x0 * s : x1 * s] = result[
+                (y0 - top) * s : (y1 - top) * s, (x0 - left) * s : (x1 - left) * s
+            ]
+
+        # A cut is worth it only where the context it adds (an overlap on each side) is
+        # small beside the piece it makes.
+        boxes = tile_boxes(height, width, self.tile, lanes, min_cut=4 * pad)
+        if lanes == 1 or len(boxes) == 1:
+            for box in boxes:
+                run(box)
+            return output
+        with ThreadPoolExecutor(min(lanes, len(boxes)), thread_name_prefix="tile") as pool:
+            futures = [pool.submit(run, box) for box in boxes]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                # The tiles not started yet are dropped; those running finish their tile.
+                pool.shutdown(cancel_futures=True)
+                raise
         return output

@@ -69,6 +69,15 @@ def test_tiled_equals_whole_for_the_tiny_rdn(tiny_model_dir):
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
 
 
+def test_two_streams_give_what_one_gives(tiny_model_dir):
+    folder = ModelFolder.open(tiny_model_dir)
+    image = np.random.default_rng(0).random((150, 90, 3), dtype=np.float32)
+    one = load(folder, LoadSettings(tile=1024, threads=1))
+    two = load(folder, LoadSettings(tile=1024, threads=2))
+    assert (one.streams, two.streams) == (1, 2)
+    np.testing.assert_allclose(two(image), one(image), atol=1e-5)  # two(image): cut in two
+
+
 def test_receptive_radius_matches_the_real_network(tiny_model_dir):
     """An impulse reaches exactly ``receptive_radius`` input pixels, which tiling relies on."""
     folder = ModelFolder.open(tiny_model_dir)

@@ -19,7 +19,7 @@ from supersizeme.evaluate import image_files, load_pair, load_served, run_png
 from supersizeme.machine import cpu_flags
 from supersizeme.metrics import y_psnr_ssim
 from supersizeme.modelspec import ModelFolder
-from supersizeme.runtime import BFLOAT16_MAX_LOSS_DB, choose_precision
+from supersizeme.runtime import BFLOAT16_MAX_LOSS_DB, choose_precision, stream_count
 
 BENCHMARK = REPO_ROOT.parent / "shared" / "datasets" / "benchmark"
 AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma"})
@@ -89,6 +89,16 @@ def test_the_service_reports_what_it_detected(tiny_model_dir, monkeypatch, tmp_p
     assert "no native bfloat16" in runtime["precision_reason"]
     assert runtime["seconds_per_megapixel"] > 0
     assert info["limits"]["max_pixels"] <= info["limits"]["max_pixels_configured"]
+
+
+def test_openvino_runs_one_stream_per_thread_unless_told_and_tensorflow_one():
+    assert stream_count("openvino", threads=2) == 2
+    assert stream_count("openvino", threads=4, streams=2) == 2
+    assert stream_count("tensorflow", threads=2) == 1
+    with pytest.raises(ValueError, match="one tile at a time"):
+        stream_count("tensorflow", threads=2, streams=2)
+    with pytest.raises(ValueError, match="between 1 and the 2 threads"):
+        stream_count("openvino", threads=2, streams=3)
 
 
 def test_this_machine_is_detected():

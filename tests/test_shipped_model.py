@@ -18,7 +18,7 @@ def test_folder_is_complete_and_checksummed(shipped_model_dir):
 def test_card_and_readme_quote_the_measured_numbers(shipped_model_dir):
     spec = json.loads((shipped_model_dir / "model.json").read_text())
     card = (shipped_model_dir / "MODEL_CARD.md").read_text()
-    readme = (REPO_ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "docs" / "model.md").read_text()
     evaluation = spec["evaluation"]
     assert {"set5", "set14", "bsd100"} <= set(evaluation)
     for rows in evaluation.values():

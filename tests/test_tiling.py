@@ -1,10 +1,18 @@
 import itertools
+import threading
 import time
 
 import numpy as np
 import pytest
 
-from supersizeme.tiling import ClientGone, DeadlineExceeded, Stop, TiledUpscaler, tile_spans
+from supersizeme.tiling import (
+    ClientGone,
+    DeadlineExceeded,
+    Stop,
+    TiledUpscaler,
+    tile_boxes,
+    tile_spans,
+)
 
 
 def box_blur_network(passes: int):
@@ -96,3 +104,71 @@ def test_a_gone_client_is_reported_before_a_passed_deadline():
     # Both at once: the answer could not be delivered, so the log must say the client left.
     with pytest.raises(ClientGone):
         Stop(deadline=time.monotonic() - 1, client_gone=lambda: True).check()
+
+
+def covered(boxes, height, width):
+    cover = np.zeros((height, width), int)
+    for y0, y1, x0, x1 in boxes:
+        cover[y0:y1, x0:x1] += 1
+    return cover
+
+
+@pytest.mark.parametrize(
+    "height,width,tile,lanes,count",
+    [
+        (512, 512, 512, 1, 1),
+        (512, 512, 512, 2, 2),  # one tile cut in two for two streams
+        (300, 900, 512, 2, 2),
+        (512, 512, 512, 3, 4),  # a grid: two rows of two
+        (1633, 1224, 512, 2, 12),  # already more tiles than lanes: none added
+        (60, 40, 512, 4, 1),  # too small to cut into pieces of min_cut
+    ],
+)
+def test_tile_boxes_cover_the_image_once_in_at_least_one_tile_per_lane(
+    height, width, tile, lanes, count
+):
+    boxes = tile_boxes(height, width, tile, lanes, min_cut=52)
+    assert len(boxes) == count
+    assert (covered(boxes, height, width) == 1).all()
+    assert all(y1 - y0 <= tile and x1 - x0 <= tile for y0, y1, x0, x1 in boxes)
+
+
+def test_an_extra_cut_runs_along_the_shorter_side():
+    (first, second) = tile_boxes(300, 900, 1000, lanes=2)
+    assert first[:2] == second[:2] == (0, 300)  # columns: each cut is 300 long, not 900
+
+
+class ConcurrentNetwork:
+    """box_blur_network that records how many calls overlapped in time."""
+
+    def __init__(self, passes: int):
+        self.network = box_blur_network(passes)
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.05)
+        try:
+            return self.network(batch)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_tiles_on_several_lanes_run_at_once_and_match_the_whole_image():
+    image = np.random.default_rng(2).random((61, 47, 3), dtype=np.float32)
+    network = ConcurrentNetwork(passes=4)
+    tiled = TiledUpscaler(network, scale=2, overlap=4, tile=64)(image, lanes=2)
+    assert network.most == 2
+    np.testing.assert_allclose(tiled, network.network(image[None])[0], atol=1e-6)
+
+
+def test_a_client_that_hangs_up_costs_at_most_one_tile_per_lane():
+    network = CountingNetwork(gone_after=3)
+    upscale = TiledUpscaler(network, scale=2, overlap=1, tile=10)
+    with pytest.raises(ClientGone):
+        upscale(np.zeros((40, 40, 3), np.float32), Stop(client_gone=network.client_gone), lanes=2)
+    assert network.calls <= 3 + 1  # of 16 tiles

@@ -1,7 +1,7 @@
 "use strict";
 // The demo page: send the chosen file's raw bytes to POST /supersizeme/ (the same API every
 // client uses), then show the answer beside a bicubic enlargement computed here, in the
-// browser, with the kernel and edge handling of Pillow's BICUBIC, the baseline of the README.
+// browser, with the kernel and edge handling of Pillow's BICUBIC, the baseline of docs/model.md's quality table.
 
 const $ = (id) => document.getElementById(id);
 const els = {
