@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make serve   create .venv, install the pinned requirements and nginx, serve on port 8000
 #   make test    the same install plus the test tools, then lint and the whole suite
+#   make test-fast   the unit and API tests only, in under a minute (no lint, no servers)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install install-dev nginx serve test lint browser clean gpu-bundle
+.PHONY: install install-dev nginx serve test test-fast lint browser clean gpu-bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,21 +55,24 @@ browser:
 test: lint browser nginx
 	$(BIN)/python -m pytest -q
 
-# What gpu/run.sh needs on a GPU machine that has PyTorch but neither Flask nor the data
-# (see docs/model.md "Training on a GPU machine"): Flask and all it needs as wheels for its
-# Python 3.12 (what the machine has of them is not relied on), and the
-# training images with Set5 for the validation read-out, and the shipped model's checkpoint
-# as init.npz for gpu/jobs.txt's --init-from. Both folders are git-ignored.
+# The edit-test loop: every unit and API test, in-process, without gunicorn, nginx, Chromium,
+# training or seconds-long model runs (the markers are declared in pyproject.toml), on every
+# core (pytest-xdist). The PyTorch modules, all marked training, are not even collected:
+# importing torch alone takes seconds. `make test` runs everything and is what CI runs.
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -n auto -m "not (gunicorn or browser or training or slow)" \
+	  --ignore=tests/test_torch_rdn.py --ignore=tests/test_train_torch.py
+
+# What gpu/run.sh needs on a GPU machine that has PyTorch but not the data (see docs/model.md
+# "Training on a GPU machine"): the training images with Set5 for the validation read-out,
+# and the shipped model's checkpoint as init.npz for gpu/jobs.txt's --init-from (git-ignored).
 DATASETS ?= ../shared/datasets
 gpu-bundle: install
-	rm -rf .whl .gpu-data
-	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-	  --implementation cp -d .whl flask==3.1.3 blinker==1.9.0 itsdangerous==2.2.0 \
-	  werkzeug==3.1.9 click==8.5.1 jinja2==3.1.6 markupsafe==3.0.4
+	rm -rf .gpu-data
 	mkdir -p .gpu-data
 	cp -r $(DATASETS)/train .gpu-data/train
 	cp -r $(DATASETS)/benchmark/set5 .gpu-data/set5
 	cp models/rdn-C3-D6-G32-G032-x2/training-checkpoint.npz .gpu-data/init.npz
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .whl .gpu-data
+	rm -rf $(VENV) .pytest_cache .ruff_cache .gpu-data

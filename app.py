@@ -1,5 +1,5 @@
 """The WSGI entry point: ``gunicorn app:app`` (see gunicorn.conf.py)."""
 
-from supersizeme import create_app
+from supersizeme.service.app import create_app
 
 app = create_app()

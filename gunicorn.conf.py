@@ -1,6 +1,6 @@
 """gunicorn settings for Super Size Me (``gunicorn --config gunicorn.conf.py app:app``).
 
-Each setting is read from the environment (see supersizeme/config.py and docs/operations.md)
+Each setting is read from the environment (see supersizeme/service/config.py and docs/operations.md)
 so that a container or a Makefile can change it without editing this file.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
 
-from supersizeme import config as settings
+from supersizeme.service import config as settings
 
 _deadline = float(settings.from_environment()["DEADLINE_SECONDS"])
 
@@ -26,12 +26,12 @@ workers = settings.default_workers()
 
 # gthread: a few threads per worker so that /healthz, /readyz and quick refusals are
 # answered while a long inference runs; no more images compute at once than the runtime
-# has streams (supersizeme/admission.py), so threads do not oversubscribe the cores.
-# docs/operations.md says why not sync or gevent. Our subclass (supersizeme/worker.py)
+# has streams (supersizeme/service/admission.py), so threads do not oversubscribe the cores.
+# docs/operations.md says why not sync or gevent. Our subclass (supersizeme/service/worker.py)
 # bounds the time a request line and headers may take, answers gunicorn's own refusals
 # in JSON, counts only upscales towards max_requests and refuses new connections at once
 # while stopping.
-worker_class = "supersizeme.worker.StoppingThreadWorker"
+worker_class = "supersizeme.service.worker.StoppingThreadWorker"
 # One image per stream runs, SSM_MAX_WAITING (4) wait for their turn, the rest answer
 # probes, scrapes and refusals.
 threads = settings.env("SSM_GUNICORN_THREADS", 8, int)
@@ -52,7 +52,7 @@ max_requests_jitter = max_requests // 10
 
 preload_app = False
 
-# The app writes one JSON line per request to standard output (supersizeme/telemetry.py),
+# The app writes one JSON line per request to standard output (supersizeme/service/telemetry.py),
 # with the request id, the error code and the timings that gunicorn's access line lacks;
 # a second line per request would only double the volume. `--access-logfile -` on the
 # command line brings gunicorn's back.
@@ -66,7 +66,7 @@ control_socket_disable = True
 
 
 # Prometheus: each worker writes its series to files in PROMETHEUS_MULTIPROC_DIR, and
-# /metrics adds up the files of all workers (supersizeme/telemetry.py). prometheus_client
+# /metrics adds up the files of all workers (supersizeme/service/telemetry.py). prometheus_client
 # picks its storage when it is first imported, so the variable must be set in the master
 # before any worker is forked, and nothing here may import prometheus_client before that.
 _METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -92,8 +92,8 @@ def on_starting(server: Arbiter) -> None:
 
 def child_exit(server: Arbiter, worker: Worker) -> None:
     """A dead worker's requests stay counted, folded into one set of files for all dead
-    workers (supersizeme/telemetry.py); its in-flight gauge and model info go."""
-    from supersizeme.telemetry import fold_dead_worker
+    workers (supersizeme/service/telemetry.py); its in-flight gauge and model info go."""
+    from supersizeme.service.telemetry import fold_dead_worker
 
     try:
         folded = fold_dead_worker(worker.pid, Path(os.environ[_METRICS_DIR]))

@@ -1,6 +1,6 @@
 """The architecture study: RDN configurations side by side, quality and CPU speed.
 
-    python benchmarks/architecture_study.py --configs 3,4,32,32 3,10,64,64 6,20,64,64 \\
+    python -m benchmarks.architecture_study --configs 3,4,32,32 3,10,64,64 6,20,64,64 \\
         --minutes 40 --data ../shared/datasets/train \\
         --sets ../shared/datasets/benchmark/set5 ../shared/datasets/benchmark/set14 \\
                ../shared/datasets/benchmark/bsd100
@@ -8,7 +8,7 @@
 For each configuration C,D,G,G0 it (1) measures the served CPU latency per input
 megapixel with freshly initialised weights (speed does not depend on their values),
 float32 through the served tiling code; and, with ``--minutes``, (2) trains it for that
-many minutes with supersizeme.train's defaults (so every configuration gets the same
+many minutes with supersizeme.toolchain.train's defaults (so every configuration gets the same
 budget on the same machine), exports it to ``runs/study/<name>/ckpt-model`` and measures
 Y-PSNR on each set through the served path. With ``--checkpoints`` instead of
 ``--configs``, (2) measures checkpoints trained elsewhere (a GPU run of ``gpu/jobs.txt``,
@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from supersizeme.machine import cpu_count, hardware
 from supersizeme.modelspec import RDNParams
@@ -51,8 +49,8 @@ def latency(
     """(parameters, MACs per input pixel, median seconds per input megapixel), served by
     OpenVINO in float32 as the service runs it."""
     from supersizeme.rdn import build_rdn, to_openvino
-    from supersizeme.runtime import compile_openvino
-    from supersizeme.tiling import TiledUpscaler
+    from supersizeme.service.runtime import compile_openvino
+    from supersizeme.service.tiling import TiledUpscaler
 
     model = build_rdn(params)
     network = compile_openvino(to_openvino(model), "float32", threads).run
@@ -73,7 +71,7 @@ def train(params: RDNParams, args: argparse.Namespace) -> Path:
     """Train for the budget in a child process; return its checkpoint."""
     run = Path("runs/study") / params.name
     command = [
-        sys.executable, "-m", "supersizeme.train", "--data", args.data, "--out", str(run),
+        sys.executable, "-m", "supersizeme.toolchain.train", "--data", args.data, "--out", str(run),
         "--C", str(params.C), "--D", str(params.D), "--G", str(params.G),
         "--G0", str(params.G0), "--minutes", str(args.minutes), "--steps", "1000000",
     ]  # fmt: skip
@@ -83,7 +81,7 @@ def train(params: RDNParams, args: argparse.Namespace) -> Path:
 
 def measure(checkpoint: Path, sets: list[str]) -> dict[str, float]:
     """Export a checkpoint beside itself and return its PSNR per set (served path) and steps."""
-    from supersizeme.export import export
+    from supersizeme.toolchain.export import export
 
     folder = export(checkpoint, checkpoint.parent / f"{checkpoint.stem}-model", sets)
     return {
@@ -116,7 +114,7 @@ def main() -> None:
     from supersizeme.rdn import configure_threads
 
     configure_threads(args.threads)
-    from supersizeme.train import read_checkpoint
+    from supersizeme.toolchain.train import read_checkpoint
 
     rows = []
     for text in args.checkpoints or args.configs:

@@ -1,14 +1,14 @@
 """What decoding the worst uploads costs: the most expensive files the limits still accept.
 
-    nice -n 19 .venv/bin/python benchmarks/decode_bounds.py --runs 5
+    nice -n 19 .venv/bin/python -m benchmarks.decode_bounds --runs 5
 
-The pixel cap bounds the pixels; supersizeme/images.py also caps what the header does not
+The pixel cap bounds the pixels; supersizeme/service/images.py also caps what the header does not
 bound (JPEG scans, marker segments, header padding and parsed segments; PNG chunks,
 compressed chunks and text; EXIF). Each file here sits at one of those limits with the
 5 MB body and the 2 MP pixel cap, built to cost as much as it can; the refused files below
 them are the decode-time traps the limits answer, with what Pillow alone spent on them.
 
-Every file is decoded by ``supersizeme.images.decode`` (what a POST does before inference)
+Every file is decoded by ``supersizeme.service.images.decode`` (what a POST does before inference)
 in a fresh process: the median wall time of ``--runs`` decodes, the peak resident memory
 over them less the process's before the first (everything Pillow, libjpeg, zlib and numpy
 hold), and the peak of Python's and numpy's allocations (tracemalloc, one more decode).
@@ -36,15 +36,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin, features
 
-# Run as a script: the package is one folder up, the test-image factory in tests/.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-import imagefactory as factory
-
-from supersizeme import images
-from supersizeme.images import ImageRejected, Limits, decode
+from benchmarks import imagefactory as factory
 from supersizeme.machine import hardware
+from supersizeme.service import images
+from supersizeme.service.api import HTTP_STATUS
+from supersizeme.service.config import REPO_ROOT
+from supersizeme.service.errors import Refused
+from supersizeme.service.images import Limits, decode
 
 OUT = Path(__file__).with_name("decode-bounds.md")
 BODY = 5 * 1024 * 1024
@@ -325,8 +323,9 @@ def outcome(data: bytes, pillow_alone: bool) -> str:
         return f"{upright.width}x{upright.height}"
     try:
         image = decode(data, Limits())
-    except ImageRejected as exc:
-        return f"{exc.status} {exc.code}"
+    except Refused as exc:
+        # As a client sees it: the status the API gives the code.
+        return f"{HTTP_STATUS[exc.code]} {exc.code}"
     return f"{image.width}x{image.height}"
 
 
@@ -334,7 +333,7 @@ def measure(path: Path, runs: int, pillow_alone: bool) -> dict[str, object]:
     """Run in the child: decode ``path`` ``runs`` times, then once more under tracemalloc
     (not Pillow alone, whose traps take seconds a run)."""
     if pillow_alone:
-        # Pillow's own defaults, which importing supersizeme.images changed.
+        # Pillow's own defaults, which importing supersizeme.service.images changed.
         PngImagePlugin.MAX_TEXT_CHUNK = ImageFile.SAFEBLOCK
         PngImagePlugin.MAX_TEXT_MEMORY = 64 * ImageFile.SAFEBLOCK
         warnings.resetwarnings()
@@ -368,10 +367,20 @@ def measured(data: bytes, runs: int, pillow_alone: bool = False) -> dict[str, ob
     with tempfile.NamedTemporaryFile(suffix=".bin") as file:
         file.write(data)
         file.flush()
-        command = [sys.executable, __file__, "--child", file.name, "--runs", str(runs)]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.decode_bounds",
+            "--child",
+            file.name,
+            "--runs",
+            str(runs),
+        ]
         if pillow_alone:
             command.append("--pillow-alone")
-        completed = subprocess.run(command, capture_output=True, text=True, check=True)
+        completed = subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        )
     return json.loads(completed.stdout)
 
 
@@ -422,8 +431,9 @@ def main() -> None:
         f"Machine: {hardware()}; Pillow {Image.__version__}, libjpeg-turbo "
         f"{features.version('jpg')}, zlib {features.version('zlib')}"
         + (f"; run at nice {niceness}." if niceness else "."),
-        f"Produced by `benchmarks/decode_bounds.py --runs {args.runs}`: each file decoded by "
-        "`supersizeme.images.decode` in a fresh process; *median s* over the runs, *peak RSS* "
+        f"Produced by `python -m benchmarks.decode_bounds --runs {args.runs}`: each file decoded "
+        "by `supersizeme.service.images.decode` in a fresh process; *median s* over the runs, "
+        "*peak RSS* "
         "the process's resident peak less its size before the first decode, *traced* the "
         "peak of Python's and numpy's allocations in one more decode.",
         "Load average (1, 5, 15 min) before: "

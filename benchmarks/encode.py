@@ -1,6 +1,6 @@
 """Encode time and size of the service's output formats at the settings worth considering.
 
-    nice -n 19 python benchmarks/encode.py --runs 3 \\
+    nice -n 19 python -m benchmarks.encode --runs 3 \\
         --images set14/img_001.png bsd100/img_001.png --megapixels 1 4 8
 
 Every result is four times its input's pixels (sixteen at x4), so encoding it is not
@@ -27,10 +27,8 @@ from pathlib import Path
 
 from PIL import Image, features
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from supersizeme.images import OUTPUT_FORMATS
 from supersizeme.machine import cpu_count, hardware
+from supersizeme.service.images import OUTPUT_FORMATS
 
 DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "benchmark"
 OUT = Path(__file__).with_suffix(".md")
@@ -172,7 +170,7 @@ def main() -> None:
         f" zlib {features.version('zlib')}; run at nice {os.nice(0)}.",
         f"Images: {', '.join(args.images)} from the benchmark sets, enlarged bicubic to each"
         " output size; every figure is the mean over the images of the median of"
-        f" {args.runs} runs. Produced by `benchmarks/encode.py`.",
+        f" {args.runs} runs. Produced by `python -m benchmarks.encode`.",
         f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}"
         + (
             " — measured while the machine was busy, so wall seconds may be inflated; CPU"

@@ -1,17 +1,17 @@
 """Can the RDN x2 be served in int8? NNCF post-training quantisation variants, measured.
 
-    PYTHONPATH=. /tmp/int8venv/bin/python benchmarks/int8_study.py \\
+    /tmp/int8venv/bin/python -m benchmarks.int8_study \\
         --model models/rdn-C3-D6-G32-G032-x2 --out benchmarks/int8.md
 
 Runs in a venv of its own with NNCF (``pip install nncf openvino==2026.4.1 pillow numpy``),
 not the project's: NNCF is a study tool, not a dependency of the service.
 
 Calibration data comes from the TRAINING images only (``--train``), made as in training:
-an HR crop, bicubic-downscaled by 2 with ``supersizeme.protocol``. One image in ten of the
-training folder is held out of calibration; its crops are the validation set of the
+an HR crop, bicubic-downscaled by 2 with ``supersizeme.toolchain.degradation``. One image
+in ten of the training folder is held out of calibration; its crops are the validation set of the
 accuracy-controlled variant, scored by Y-PSNR (dB), so its ``max_drop`` is in dB. The
 benchmarks (Set5, Set14) are used for measurement only, through the project's protocol
-(``supersizeme.evaluate``: Pillow bicubic LR, the served PNG path, Y-PSNR with the border
+(``supersizeme.toolchain.evaluate``: Pillow bicubic LR, the served PNG path, Y-PSNR with the border
 shaved); each network is run on the whole image by OpenVINO on the CPU.
 
 Speed is seconds per input megapixel on one 564x564 tile (512 plus the 26-pixel overlap on
@@ -23,14 +23,12 @@ round-robin in the same loop, so that a change in the machine's load hits them a
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import shlex
 import statistics
 import subprocess
 import sys
 import time
-import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from supersizeme import machine
+from supersizeme.toolchain import degradation, evaluate
+from supersizeme.toolchain.quality import psnr, rgb_to_y, shave
+
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = 2
 TILE = 564  # 512 input pixels plus the 26-pixel overlap on each side
@@ -46,27 +48,10 @@ CALIBRATION_PATCH = 64  # LR side; the HR crop is twice that
 VALIDATION_EVERY = 10  # every tenth training image is held out of calibration
 
 
-def project_module(name: str) -> types.ModuleType:
-    """``supersizeme.<name>`` without running the package's ``__init__`` (which imports
-    Flask and the server): this venv has only NNCF, OpenVINO, NumPy and Pillow, and the
-    protocol modules need no more."""
-    if "supersizeme" not in sys.modules:
-        package = types.ModuleType("supersizeme")
-        package.__path__ = [str(ROOT / "supersizeme")]
-        sys.modules["supersizeme"] = package
-    return importlib.import_module(f"supersizeme.{name}")
-
-
-evaluate = project_module("evaluate")
-metrics = project_module("metrics")
-protocol = project_module("protocol")
-
-
 # ---------------------------------------------------------------------------- machine
 
 
 def machine_line() -> str:
-    machine = project_module("machine")
     flags = machine.cpu_flags()
     int8_units = flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
     note = "" if int8_units else " (no VNNI/AMX: int8 convolutions use AVX2 u8*s8 pairs)"
@@ -96,7 +81,7 @@ def crop_pair(
     side_h = min(lr_side * SCALE, height - height % SCALE)
     x = int(rng.integers(0, width - side_w + 1))
     y = int(rng.integers(0, height - side_h + 1))
-    return protocol.hr_lr_pair(image.crop((x, y, x + side_w, y + side_h)), SCALE)
+    return degradation.hr_lr_pair(image.crop((x, y, x + side_w, y + side_h)), SCALE)
 
 
 def make_patches(
@@ -126,9 +111,9 @@ def to_uint8(output: np.ndarray) -> np.ndarray:
 
 def crop_psnr(hr: np.ndarray, sr: np.ndarray) -> float:
     """Y-PSNR with the scale's border shaved, as the benchmark protocol scores."""
-    y_hr = metrics.shave(metrics.rgb_to_y(hr), SCALE)
-    y_sr = metrics.shave(metrics.rgb_to_y(sr), SCALE)
-    return min(metrics.psnr(y_hr, y_sr), 100.0)
+    y_hr = shave(rgb_to_y(hr), SCALE)
+    y_sr = shave(rgb_to_y(sr), SCALE)
+    return min(psnr(y_hr, y_sr), 100.0)
 
 
 def validation_fn(compiled: Any, items: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple:
@@ -534,8 +519,8 @@ def main(argv: list[str] | None = None) -> None:
         target.mkdir(parents=True, exist_ok=True)
         ov.save_model(best.model, target / "model.xml", compress_to_fp16=False)
 
-    command = "PYTHONPATH=. /tmp/int8venv/bin/python " + shlex.join(
-        ["benchmarks/int8_study.py", *(argv if argv is not None else sys.argv[1:])]
+    command = "/tmp/int8venv/bin/python " + shlex.join(
+        ["-m", "benchmarks.int8_study", *(argv if argv is not None else sys.argv[1:])]
     )
     report = [
         "# int8 (NNCF post-training quantisation) of the RDN x2, measured\n",
@@ -551,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Validation for (d): {len(validation)} crops of {len(held_files)} held-out training "
         f"images (every {VALIDATION_EVERY}th), Y-PSNR; float32 scores {fp32_val:.2f} dB there. "
         "Quality: mean Y-PSNR over the images of each set, the project's protocol "
-        "(`supersizeme.evaluate`), whole image per inference. Speed: s per input MP on a "
+        "(`supersizeme.toolchain.evaluate`), whole image per inference. Speed: s per input MP on a "
         f"{TILE}x{TILE} tile, median of {args.repeat}, LATENCY hint, 1 stream. "
         "'meets': loses at most 0.1 dB on every set AND is faster at 1 and 2 threads.\n",
         table(done, base, set_keys),

@@ -1,6 +1,6 @@
 """Latency and peak memory of the served path, per image size: the basis of the pixel cap.
 
-    python benchmarks/latency.py --model models/rdn-C3-D6-G32-G032-x2 \\
+    python -m benchmarks.latency --model models/rdn-C3-D6-G32-G032-x2 \\
         --sizes 256x256 1024x768 2000x2000 --repeat 3 [--precision float32 bfloat16]
 
 Each size runs in a fresh process (so that its peak RSS is its own) with the worker's
@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from supersizeme.machine import cpu_count, hardware
-from supersizeme.runtime import RUNTIMES
+from supersizeme.service.config import REPO_ROOT
+from supersizeme.service.runtime import RUNTIMES
 
 
 def photo_like(width: int, height: int) -> bytes:
@@ -43,10 +42,10 @@ def photo_like(width: int, height: int) -> bytes:
 def measure_one(
     model: str, size: str, repeat: int, precision: str, threads: int, tile: int, runtime: str
 ) -> dict:
-    from supersizeme.images import Limits
     from supersizeme.modelspec import ModelFolder
-    from supersizeme.pipeline import supersize
-    from supersizeme.predictor import LoadSettings, load
+    from supersizeme.service.images import Limits
+    from supersizeme.service.pipeline import supersize
+    from supersizeme.service.upscaler import LoadSettings, load
 
     width, height = (int(v) for v in size.split("x"))
     folder = ModelFolder.open(model)
@@ -102,7 +101,8 @@ def main() -> None:
         for size in args.sizes:
             command = [
                 sys.executable,
-                __file__,
+                "-m",
+                "benchmarks.latency",
                 "--child",
                 "--model",
                 args.model,
@@ -119,7 +119,9 @@ def main() -> None:
                 "--runtime",
                 args.runtime,
             ]
-            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            output = subprocess.run(
+                command, cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
     print(
         f"Machine: {hardware()}; model {Path(args.model).name}; "

@@ -1,6 +1,6 @@
 """Load and soak: a real gunicorn under N concurrent clients for a while, memory watched.
 
-    python benchmarks/load.py --model models/rdn-C3-D6-G32-G032-x2 --minutes 10 --load 1 3
+    python -m benchmarks.load --model models/rdn-C3-D6-G32-G032-x2 --minutes 10 --load 1 3
 
 For each load factor it starts gunicorn (or targets ``--url``), waits until every worker
 answers, and runs ``factor x capacity`` clients for ``--minutes``, where capacity is the
@@ -12,7 +12,7 @@ Writes a Markdown table and JSON (``--out`` without extension) with the machine 
 and the container sizing that follows from the measurements (rule in ``sizing``), together
 with the worst case under concurrency that benchmarks/memory.py measures.
 
-    python benchmarks/load.py --resize --workers 1
+    python -m benchmarks.load --resize --workers 1
 
 recomputes only the sizing of an existing ``--out`` JSON from its recorded runs and the
 current benchmarks/memory.json, without running the soak again.
@@ -39,15 +39,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# Run as a script: the package is one folder up, the gunicorn launcher in tests/.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from gunicorn_server import running_gunicorn, worker_pids
-from latency import photo_like
-
-from supersizeme.config import DEFAULT_MODEL, REPO_ROOT, default_workers, env
+from benchmarks.gunicorn_server import running_gunicorn, worker_pids
+from benchmarks.latency import photo_like
 from supersizeme.machine import cpu_count, hardware
+from supersizeme.service.config import DEFAULT_MODEL, REPO_ROOT, default_workers, env
 
 HERE = Path(__file__).resolve().parent
 
@@ -446,7 +441,7 @@ def main() -> None:
         "capacity": capacity,
         "minutes": args.minutes,
         "mix": [f"{side}x{side} {fmt}" for side, fmt in MIX],
-        "command": shlex.join(["python", "benchmarks/load.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", "benchmarks.load", *sys.argv[1:]]),
         "runs": runs,
         "sizing": sizing(runs, args.workers, threads),
     }

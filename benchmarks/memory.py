@@ -1,6 +1,6 @@
 """Worst-case memory of one replica: inference at the pixel cap while hostile uploads decode.
 
-    .venv/bin/python benchmarks/memory.py --repeat 2
+    .venv/bin/python -m benchmarks.memory --repeat 2
 
 Starts the service as `make serve` and the container do (``python -m front.serve``: nginx on
 a loopback port, gunicorn behind it) with the shipped model, one gunicorn worker and the
@@ -45,17 +45,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# Run as a script: the package is one folder up; decode_bounds and latency are neighbours.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from decode_bounds import accepted_files
-from latency import photo_like
-
+from benchmarks.decode_bounds import accepted_files
+from benchmarks.latency import photo_like
 from front.serve import die_with_parent
-from supersizeme import config as settings
-from supersizeme.config import DEFAULT_MODEL, MAX_BODY_BYTES, REPO_ROOT
-from supersizeme.images import Limits
 from supersizeme.machine import hardware
+from supersizeme.service import config as settings
+from supersizeme.service.config import DEFAULT_MODEL, MAX_BODY_BYTES, REPO_ROOT
+from supersizeme.service.images import Limits
 
 HERE = Path(__file__).resolve().parent
 CAP = 2_000_000  # SSM_MAX_PIXELS: the default cap, set so that it is the one in force
@@ -472,7 +468,7 @@ def markdown(report: dict) -> str:
         f"Worst: gunicorn worker {w['worker_peak_mib']:.0f} MiB ({w['worker_scenario']}), "
         f"gunicorn master {w['master_peak_mib']:.0f} MiB, the front (nginx master and worker "
         f"and the launcher) {w['front_peak_mib']:.0f} MiB. benchmarks/load.py's sizing takes "
-        "these (`python benchmarks/load.py --resize` recomputes it).",
+        "these (`python -m benchmarks.load --resize` recomputes it).",
         "",
     ]
     return "\n".join(lines)
@@ -523,7 +519,7 @@ def main() -> None:
     report = {
         "machine": hardware(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": shlex.join(["python", "benchmarks/memory.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", "benchmarks.memory", *sys.argv[1:]]),
         "model": args.model.name,
         "repeat": args.repeat,
         "niceness": os.nice(0),

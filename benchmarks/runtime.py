@@ -1,6 +1,6 @@
 """How fast each runtime runs the shipped model on this machine, against the cores' peak.
 
-    .venv/bin/python benchmarks/runtime.py \\
+    .venv/bin/python -m benchmarks.runtime \\
         --out benchmarks/runtime.md --json benchmarks/runtime.json
 
 One run on one machine, so that the ratios hold wherever the absolute times do not:
@@ -40,9 +40,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from supersizeme.config import DEFAULT_MODEL, REPO_ROOT
 from supersizeme.machine import (
     cpu_count,
     cpu_flags,
@@ -51,6 +48,7 @@ from supersizeme.machine import (
     native_bfloat16,
     reported_flags,
 )
+from supersizeme.service.config import DEFAULT_MODEL, REPO_ROOT
 
 MODEL = REPO_ROOT / "models" / DEFAULT_MODEL
 SET5 = REPO_ROOT.parent / "shared" / "datasets" / "benchmark" / "set5"
@@ -106,10 +104,10 @@ def child_network(
 ) -> dict:
     """Seconds per input megapixel with ``streams`` tiles at once (throughput), and the
     Set5 Y-PSNR through the served path with each image's tiles spread over the streams."""
-    from supersizeme.evaluate import evaluate_folder, served_png
     from supersizeme.modelspec import ModelFolder
-    from supersizeme.runtime import load_network
-    from supersizeme.tiling import TiledUpscaler
+    from supersizeme.service.runtime import load_network
+    from supersizeme.service.tiling import TiledUpscaler
+    from supersizeme.toolchain.evaluate import evaluate_folder, served_png
 
     folder = ModelFolder.open(MODEL)
     if xla:
@@ -142,7 +140,7 @@ def child_network(
 def child_reference_512(repeat: int) -> dict:
     """The shipped weights in a one-thread TensorFlow graph, on the 512 x 512 image."""
     from supersizeme.modelspec import ModelFolder
-    from supersizeme.runtime import load_network
+    from supersizeme.service.runtime import load_network
 
     network = load_network(ModelFolder.open(MODEL), "tensorflow", "float32", 1)
     image = (photo_like(512, 512)[None] / 255).astype(np.float32)
@@ -150,7 +148,7 @@ def child_reference_512(repeat: int) -> dict:
 
 
 def child_bicubic(repeat: int) -> dict:
-    from supersizeme.evaluate import bicubic_png, evaluate_folder
+    from supersizeme.toolchain.evaluate import bicubic_png, evaluate_folder
 
     image = Image.fromarray(photo_like(TILE_SIDE, TILE_SIDE))
     size = (TILE_SIDE * 2, TILE_SIDE * 2)
@@ -170,8 +168,18 @@ def in_child(threads: int, *args: str) -> dict:
         "MKL_NUM_THREADS": str(threads),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    command = [sys.executable, __file__, "--child", *args, "--threads", str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.runtime",
+        "--child",
+        *args,
+        "--threads",
+        str(threads),
+    ]
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, check=False
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

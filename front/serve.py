@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from supersizeme import config as settings
-from supersizeme.worker import header_timeout_seconds
+from supersizeme.service import config as settings
+from supersizeme.service.worker import header_timeout_seconds
 
 TEMPLATE = Path(__file__).resolve().parent / "nginx.conf"
 # nginx reads -e (where to log before its configuration is read) from 1.19.5 on; older ones
@@ -95,7 +95,7 @@ def nginx_config(front: FrontSettings, workdir: Path, socket_path: Path) -> str:
         "max_request_bytes": str(limit + settings.MULTIPART_OVERHEAD_BYTES),
         "max_uploads": str(front.max_uploads),
         "retry_after": str(front.retry_after),
-        # The app's own sentence for its 413 (supersizeme/api.py).
+        # The app's own sentence for its 413 (supersizeme/service/api.py).
         "payload_too_large": (
             f"The upload is larger than the limit of {limit:,} bytes ({limit / 2**20:g} MiB)."
         ),

@@ -1,8 +1,8 @@
 """Fuzz the decode path for a bounded time and write the result to fuzz/LAST_RUN.md.
 
-    .venv/bin/python fuzz/run.py --minutes 10
+    .venv/bin/python -m fuzz.run --minutes 10
 
-Seeds are the suite's kinds of test image (made with tests/imagefactory.py) plus every
+Seeds are the suite's kinds of test image (made with benchmarks/imagefactory.py) plus every
 PNG or JPEG of the Pillow test-image corpus beside the clone, when it is there. The
 corpus the fuzzer grows, its crash files and its raw log stay in fuzz/work/ (ignored by
 git); the report names each finding's file and exception. libFuzzer stops at the first
@@ -22,12 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-# Run as a script: the package is one folder up, the test-image factory in tests/.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-import imagefactory as factory
-
+from benchmarks import imagefactory as factory
 from supersizeme.machine import hardware
 
 HERE = Path(__file__).resolve().parent
@@ -70,7 +65,7 @@ def made_seeds() -> dict[str, bytes]:
         "cmyk.jpg": factory.jpeg(rgb.convert("CMYK")),
         "exif-rotated.jpg": factory.jpeg(oriented, exif=exif),
         "icc.jpg": factory.jpeg(rgb, icc_profile=factory.srgb_profile()),
-        # Near the structure limits of supersizeme/images.py, so that mutations cross them.
+        # Near the structure limits of supersizeme/service/images.py, so that mutations cross them.
         "many-scans.jpg": factory.many_scan_jpeg(rgb, 85),
         "segments.jpg": factory.jpeg_with_segments(
             factory.jpeg(rgb, restart_marker_blocks=1),
@@ -142,7 +137,10 @@ def main() -> None:
         str(seeds),
     ]
     started = datetime.datetime.now(datetime.UTC)
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    # atheris takes the target as a script path; the target imports supersizeme from the
+    # repository root.
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True)
     log = result.stdout + result.stderr
     (work / "fuzz.log").write_text(log)
     elapsed = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
@@ -153,7 +151,7 @@ def main() -> None:
     rows = [
         ("date (UTC)", started.strftime("%Y-%m-%d %H:%M")),
         ("machine", hardware()),
-        ("command", f"`{niced()}.venv/bin/python fuzz/run.py --minutes {args.minutes:g}`"),
+        ("command", f"`{niced()}.venv/bin/python -m fuzz.run --minutes {args.minutes:g}`"),
         ("duration", f"{elapsed:.0f} s (bound {seconds} s)"),
         ("seeds", f"{seed_count} (suite-style images + Pillow corpus PNG/JPEG files)"),
         ("executions", last(r"stat::number_of_executed_units: (\d+)", log) or "?"),
@@ -170,9 +168,9 @@ def main() -> None:
     lines = [
         "# Last fuzzing run of the decode path",
         "",
-        "Target `fuzz/fuzz_decode.py`: `supersizeme.images.decode` with the default limits,",
-        "then `check_encodable` and `encode` in every output format of what it decodes (up to",
-        "512 x 512); anything but `ImageRejected` is a finding.",
+        "Target `fuzz/fuzz_decode.py`: `supersizeme.service.images.decode` with the default",
+        "limits, then `check_encodable` and `encode` in every output format of what it decodes",
+        "(up to 512 x 512); anything but `Refused` is a finding.",
         "",
         "| | |",
         "| --- | --- |",

@@ -1,7 +1,7 @@
-"""``python -m supersizeme``: the batch command line (see supersizeme/cli.py)."""
+"""``python -m supersizeme``: the batch command line (see supersizeme/service/cli.py)."""
 
 import sys
 
-from supersizeme.cli import main
+from supersizeme.service.cli import main
 
 sys.exit(main())

@@ -117,7 +117,7 @@ class ModelFolder:
         if not record:
             raise ModelFolderError(
                 f"{self.path} has no OpenVINO network; derive it with "
-                f"`python -m supersizeme.export --derive {self.path}`"
+                f"`python -m supersizeme.toolchain.export --derive {self.path}`"
             )
         if record.get("weights_sha256") != self.spec.get("weights_sha256"):
             raise ModelFolderError(f"{where} was derived from other weights; derive it again")

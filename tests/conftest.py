@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from supersizeme.config import DEFAULT_MODEL, REPO_ROOT
 from supersizeme.modelspec import RDNParams
+from supersizeme.service.config import DEFAULT_MODEL, REPO_ROOT
 
 TINY = RDNParams(C=1, D=1, G=4, G0=4, scale=2)
 
@@ -38,7 +38,7 @@ def shipped_model_dir() -> Path:
 
 @pytest.fixture
 def app(tiny_model_dir):
-    from supersizeme import create_app
+    from supersizeme.service.app import create_app
 
     return create_app({"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "TILE": 64})
 

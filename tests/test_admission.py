@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from supersizeme.admission import WAIT_SLICE_SECONDS, InferenceGate, Overloaded
-from supersizeme.tiling import ClientGone, DeadlineExceeded, Stop
+from supersizeme.service.admission import WAIT_SLICE_SECONDS, InferenceGate, Overloaded
+from supersizeme.service.tiling import ClientGone, DeadlineExceeded, Stop
 
 
 def soon(seconds: float = 10) -> Stop:

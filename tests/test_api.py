@@ -1,4 +1,4 @@
-"""The HTTP contract of supersizeme/api.py, with real PNG/JPEG bytes and the tiny RDN."""
+"""The HTTP contract of supersizeme/service/api.py, with real PNG/JPEG bytes and the tiny RDN."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import time
 
 import numpy as np
 import pytest
-from imagefactory import encoded as factory_encoded
-from imagefactory import gradient, rgb48_png, srgb_profile
 from loopback import connected_pair
 from PIL import Image
 from prometheus_text import parse_samples, value
 from werkzeug.datastructures import MultiDict
 
-from supersizeme.admission import InferenceGate
-from supersizeme.connection import SOCKET_KEY
-from supersizeme.predictor import ModelSlot
-from supersizeme.tiling import Stop
+from benchmarks.imagefactory import encoded as factory_encoded
+from benchmarks.imagefactory import gradient, rgb48_png, srgb_profile
+from supersizeme.service.admission import InferenceGate
+from supersizeme.service.connection import SOCKET_KEY
+from supersizeme.service.tiling import Stop
+from supersizeme.service.upscaler import ModelSlot
 
 
 def picture(mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> Image.Image:
@@ -187,7 +187,7 @@ def test_corrupt_and_truncated_images_get_422(client):
 
 
 def test_pixel_cap_and_minimum_side(tiny_model_dir):
-    from supersizeme import create_app
+    from supersizeme.service.app import create_app
 
     app = create_app(
         {
@@ -234,7 +234,7 @@ def test_unexpected_failure_is_a_generic_500(app, client, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("secret detail at /srv/models/x")
 
-    monkeypatch.setattr("supersizeme.api.upscale_decoded", explode)
+    monkeypatch.setattr("supersizeme.service.api.upscale_decoded", explode)
     body = assert_error(post(client, encoded(picture())), 500, "internal_error")
     assert "secret" not in json.dumps(body)
 
@@ -371,7 +371,7 @@ def test_405_names_the_allowed_methods(client):
 
 
 def test_background_loading_reports_ready_when_done(tiny_model_dir):
-    from supersizeme import create_app
+    from supersizeme.service.app import create_app
 
     app = create_app({"MODEL_DIR": str(tiny_model_dir), "LOAD_IN_BACKGROUND": True})
     assert app.extensions["supersizeme.model"].wait(60)
@@ -460,7 +460,7 @@ def test_parameters_are_checked_before_the_body_is_read(client):
 
 
 def test_x4_pixel_cap_is_a_fifth_of_the_cap(tiny_model_dir):
-    from supersizeme import create_app
+    from supersizeme.service.app import create_app
 
     app = create_app({"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "MAX_PIXELS": 5000})
     client = app.test_client()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imagefactory import encoded, gradient, jpeg, png
 from PIL import Image
 
-from supersizeme import cli
-from supersizeme.config import REPO_ROOT
+from benchmarks.imagefactory import encoded, gradient, jpeg, png
+from supersizeme.service import cli
+from supersizeme.service.config import REPO_ROOT
 
 
 def picture(mode: str = "RGB", size: tuple[int, int] = (20, 12)) -> Image.Image:

@@ -1,4 +1,4 @@
-"""supersizeme/connection.py on real loopback TCP sockets: telling a client that hung up from
+"""service/connection.py on real loopback TCP sockets: telling a client that hung up from
 one that waits, and the upload clock that cuts a body read short."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 from loopback import connected_pair
 
-from supersizeme.admission import WAIT_SLICE_SECONDS, InferenceGate
-from supersizeme.connection import SOCKET_KEY, UploadClock, client_gone, client_watch
-from supersizeme.tiling import ClientGone, Stop, never_gone
+from supersizeme.service.admission import WAIT_SLICE_SECONDS, InferenceGate
+from supersizeme.service.connection import SOCKET_KEY, UploadClock, client_gone, client_watch
+from supersizeme.service.tiling import ClientGone, Stop, never_gone
 
 
 @pytest.fixture

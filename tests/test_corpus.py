@@ -20,10 +20,10 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from gunicorn_server import request, running_gunicorn
 from PIL import Image, ImageOps
 
-from supersizeme.config import REPO_ROOT
+from benchmarks.gunicorn_server import request, running_gunicorn
+from supersizeme.service.config import REPO_ROOT
 
 CORPUS = REPO_ROOT.parent / "shared" / "corpus" / "pillow-test-images"
 MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
@@ -31,7 +31,10 @@ MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 # under SSM_MAX_WAITING, so a 429 here would be a fault, not back-pressure.
 WORKERS = 2
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"no corpus at {CORPUS}")
+pytestmark = [
+    pytest.mark.gunicorn,  # the corpus replayed through gunicorn
+    pytest.mark.skipif(not CORPUS.is_dir(), reason=f"no corpus at {CORPUS}"),
+]
 
 
 def content_type(path: Path) -> str:

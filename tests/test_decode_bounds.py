@@ -11,7 +11,9 @@ import time
 import zlib
 
 import pytest
-from imagefactory import (
+from PIL import Image
+
+from benchmarks.imagefactory import (
     gradient,
     jpeg,
     jpeg_comment,
@@ -22,9 +24,7 @@ from imagefactory import (
     png_chunk,
     png_with_chunks,
 )
-from PIL import Image
-
-from supersizeme.images import MAX_PNG_COMPRESSED_CHUNKS
+from supersizeme.service.images import MAX_PNG_COMPRESSED_CHUNKS
 
 BODY_LIMIT = 5 * 1024 * 1024
 # The pixel cap's 2 MP, flat: each extra scan is then 12 bytes that libjpeg decodes over

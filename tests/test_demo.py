@@ -1,4 +1,4 @@
-"""The browser demo page (GET /, supersizeme/static/): served with nothing from elsewhere, and
+"""The browser demo page (GET /, service/static/): served with nothing from elsewhere, and
 driven in headless Chromium against real gunicorn serving the shipped model.
 
 Chromium is Debian's package (/usr/bin/chromium), which `make test` installs when missing;
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gunicorn_server import request, running_gunicorn
-from imagefactory import encoded, png
 from PIL import Image, ImageDraw
 from playwright.sync_api import Page, sync_playwright
 
-from supersizeme.config import REPO_ROOT
+from benchmarks.gunicorn_server import request, running_gunicorn
+from benchmarks.imagefactory import encoded, png
+from supersizeme.service.config import REPO_ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Quiet, self-contained Chromium: no sandbox (root in CI), no GPU, no calls home.
@@ -41,7 +41,7 @@ CHROMIUM_ARGS = [
 SCREENSHOT = REPO_ROOT / "tests" / "artifacts" / "demo.png"
 # UPDATE_DEMO_SCREENSHOT=1 also writes the README's copy (commit it when the page changes).
 README_SCREENSHOT = REPO_ROOT / "assets" / "demo-screenshot.png"
-STATIC = REPO_ROOT / "supersizeme" / "static"
+STATIC = REPO_ROOT / "supersizeme" / "service" / "static"
 
 
 class PageParts(HTMLParser):
@@ -173,6 +173,8 @@ def split_of(page: Page) -> str:
     return page.eval_on_selector("#stage", "stage => stage.style.getPropertyValue('--split')")
 
 
+@pytest.mark.browser
+@pytest.mark.gunicorn
 def test_an_upload_is_compared_with_bicubic_and_can_be_downloaded(page, server):
     original = lettering()
     data = png(original)
@@ -222,6 +224,8 @@ def test_an_upload_is_compared_with_bicubic_and_can_be_downloaded(page, server):
         shutil.copyfile(SCREENSHOT, README_SCREENSHOT)
 
 
+@pytest.mark.browser
+@pytest.mark.gunicorn
 def test_chosen_scale_and_format_are_sent(page, server):
     page.wait_for_selector("#options:not([hidden])")
     page.select_option("#scale", "4")
@@ -256,6 +260,8 @@ def drop_file(page: Page, data: bytes, name: str, mime_type: str) -> None:
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
 
 
+@pytest.mark.browser
+@pytest.mark.gunicorn
 def test_a_refused_upload_shows_the_apis_message_and_code(page, server):
     gif = encoded(Image.new("RGB", (32, 32), "red"), "GIF")
     status, _, body = request(server.port, "POST", "/supersizeme/", gif)

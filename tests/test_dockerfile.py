@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from supersizeme.config import REPO_ROOT
+from supersizeme.service.config import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 

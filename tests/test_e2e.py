@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gunicorn_server import free_port, gunicorn_command, request, running_gunicorn
-from imagefactory import apng, header_bomb
 from PIL import Image, ImageDraw
 
-from supersizeme.config import REPO_ROOT
-from supersizeme.metrics import y_psnr_ssim
+from benchmarks.gunicorn_server import free_port, gunicorn_command, request, running_gunicorn
+from benchmarks.imagefactory import apng, header_bomb
+from supersizeme.service.config import REPO_ROOT
+from supersizeme.toolchain.quality import y_psnr_ssim
+
+pytestmark = pytest.mark.gunicorn  # every test talks to a real gunicorn
 
 
 @pytest.fixture(scope="module")

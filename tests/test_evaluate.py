@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supersizeme import evaluate
-from supersizeme.config import REPO_ROOT
-from supersizeme.metrics import y_psnr_ssim
+from supersizeme.service.config import REPO_ROOT
+from supersizeme.toolchain import evaluate
+from supersizeme.toolchain.quality import y_psnr_ssim
 
 SET5 = REPO_ROOT.parent / "shared" / "datasets" / "benchmark" / "set5"
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supersizeme import export
 from supersizeme.modelspec import (
     OPENVINO_DIR,
     OPENVINO_FILES,
@@ -20,7 +19,10 @@ from supersizeme.modelspec import (
     ModelFolder,
     sha256_of,
 )
-from supersizeme.train import TrainConfig, parse_args, read_checkpoint, train
+from supersizeme.toolchain import export
+from supersizeme.toolchain.train import TrainConfig, parse_args, read_checkpoint, train
+
+pytestmark = pytest.mark.training  # trains and exports a checkpoint
 
 
 def random_pngs(folder: Path, count: int, size: tuple[int, int], seed: int) -> Path:
@@ -105,7 +107,10 @@ def test_evaluation_is_stored_and_on_the_card(exported):
         assert entry["images"] == 2 and np.isfinite(entry["psnr"])
         assert f"{entry['psnr']:.2f} / {entry['ssim']:.4f}" in card
     assert folder.spec["evaluation_setup"]["tile"] == 16
-    assert "python -m supersizeme.train" in card and "python -m supersizeme.export" in card
+    assert (
+        "python -m supersizeme.toolchain.train" in card
+        and "python -m supersizeme.toolchain.export" in card
+    )
     assert "1802.08797" in card and "check the terms" in card
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supersizeme import figures
 from supersizeme.modelspec import RDNParams
+from supersizeme.toolchain import figures
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -1,6 +1,6 @@
 """Slow clients against the service as `make serve` runs it (nginx in front of gunicorn,
 started by front/serve.py) and against gunicorn alone; the front's refusals; gunicorn's own
-(supersizeme/worker.py) and what it counts towards recycling; the launcher's life cycle.
+(supersizeme/service/worker.py) and what it counts towards recycling; the launcher's life cycle.
 
 Every slow client here is bounded in time and in connections, and talks to loopback only.
 The app's upload time limit, which ends slow bodies sent straight to gunicorn, has its own
@@ -23,17 +23,14 @@ import time
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from gunicorn.http import errors as gunicorn_errors
-from gunicorn_server import request, running_front, running_gunicorn, worker_pids
-from imagefactory import gradient, png
 from PIL import Image
 
+from benchmarks.gunicorn_server import request, running_front, running_gunicorn, worker_pids
+from benchmarks.imagefactory import gradient, png
 from front.serve import TEMPLATE, FrontSettings, find_nginx, nginx_config
-from supersizeme.config import MAX_BODY_BYTES, MULTIPART_OVERHEAD_BYTES
-from supersizeme.worker import RequestReadTimeout, json_refusal, refusal_status, request_id_of
+from supersizeme.service.config import MAX_BODY_BYTES, MULTIPART_OVERHEAD_BYTES
 
 UPSCALE = "/supersizeme/"
 HEADER_TRICKLERS, BODY_TRICKLERS = 24, 8
@@ -49,6 +46,8 @@ SLOW_BODY = (
     f"POST {UPSCALE} HTTP/1.1\r\nHost: slow\r\nContent-Type: image/png\r\n"
     f"Content-Length: {BODY_BYTES}\r\n\r\n"
 ).encode()
+
+pytestmark = pytest.mark.gunicorn  # nginx and gunicorn processes
 
 
 def nginx_or_skip() -> None:
@@ -398,34 +397,6 @@ def exchange(port: int, raw: bytes) -> bytes:
         while chunk := sock.recv(65536):
             answer += chunk
     return answer
-
-
-def test_refusal_statuses_are_gunicorns():
-    assert refusal_status(RequestReadTimeout()) == 408
-    assert refusal_status(gunicorn_errors.InvalidRequestLine("x")) == 400
-    assert refusal_status(gunicorn_errors.LimitRequestLine(5000, 4094)) == 414
-    assert refusal_status(gunicorn_errors.LimitRequestHeaders("x")) == 431
-    assert refusal_status(gunicorn_errors.ExpectationFailed("x")) == 417
-    assert refusal_status(gunicorn_errors.UnsupportedTransferCoding("x")) == 501
-    assert refusal_status(gunicorn_errors.InvalidResponseHeader("x")) == 500
-    assert refusal_status(ValueError("a bug")) == 500
-    status, headers, body = parse_answer(json_refusal(431, "r-1"))
-    assert (status, headers["Content-Type"], headers["X-Request-ID"]) == (
-        431,
-        "application/json",
-        "r-1",
-    )
-    assert int(headers["Content-Length"]) == len(body)
-    assert assert_json_error(body, "request_header_fields_too_large")["request_id"] == "r-1"
-
-
-def test_request_ids_of_refusals():
-    parsed = SimpleNamespace(headers=[("HOST", "x"), ("X-REQUEST-ID", "abc-1")])
-    assert request_id_of(parsed) == "abc-1"
-    # Echoed only as a short token, as the app does; otherwise (or unread) a new one.
-    parsed.headers = [("X-REQUEST-ID", "not a token")]
-    assert re.fullmatch(r"[0-9a-f]{32}", request_id_of(parsed))
-    assert re.fullmatch(r"[0-9a-f]{32}", request_id_of(None))
 
 
 def test_gunicorn_refuses_in_json_and_recycles_for_uploads_only(tiny_model_dir, tmp_path):

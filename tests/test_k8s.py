@@ -12,18 +12,14 @@ from __future__ import annotations
 import json
 import re
 import runpy
-import sys
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from benchmarks import load
 from front.serve import SHUTDOWN_MARGIN_SECONDS, TEMPLATE
-from supersizeme.config import MAX_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-
-import load
+from supersizeme.service.config import MAX_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, REPO_ROOT
 
 K8S = REPO_ROOT / "k8s"
 # The oldest release the manifests claim (preStop "sleep" is on by default from 1.30)
@@ -113,13 +109,13 @@ def test_the_sizing_is_the_rule_on_the_soak_and_the_measured_worst_case():
     report = load_report()
     sizing = report["sizing"]
     assert load.sizing(report["runs"], sizing["workers"], sizing["threads"]) == sizing
-    assert sizing["worst_case_measured"] is not None, "run benchmarks/memory.py"
+    assert sizing["worst_case_measured"] is not None, "run python -m benchmarks.memory"
 
 
 def test_every_setting_is_one_the_service_reads():
     # The app's settings, gunicorn's, and the front's (nginx and gunicorn's header budget).
-    readers = ["supersizeme/config.py", "gunicorn.conf.py", "front/serve.py"]
-    readers.append("supersizeme/worker.py")
+    readers = ["supersizeme/service/config.py", "gunicorn.conf.py", "front/serve.py"]
+    readers.append("supersizeme/service/worker.py")
     sources = "".join((REPO_ROOT / reader).read_text() for reader in readers)
     for name in env():
         assert name.startswith("SSM_"), name

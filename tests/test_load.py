@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from supersizeme.config import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-
-import load
+from benchmarks import load
 
 
 def answer(seconds: float, status: int = 200, pixels: int = 1_000_000) -> load.Answer:

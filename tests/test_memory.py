@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 
 from PIL import Image
 
-from supersizeme.config import MAX_BODY_BYTES, REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-
-import load
-import memory
+from benchmarks import load, memory
+from supersizeme.service.config import MAX_BODY_BYTES
 
 
 def answer(label: str, sent: float, answered: float, **timing: float) -> memory.Answer:

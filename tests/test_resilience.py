@@ -21,10 +21,13 @@ from contextlib import contextmanager
 from io import BytesIO
 
 import pytest
-from gunicorn_server import request, running_gunicorn
-from imagefactory import gradient, png
 from PIL import Image
 from prometheus_text import parse_samples, value
+
+from benchmarks.gunicorn_server import request, running_gunicorn
+from benchmarks.imagefactory import gradient, png
+
+pytestmark = pytest.mark.gunicorn  # gunicorn workers killed and restarted
 
 UPSCALE = "/supersizeme/"
 GIF = b"GIF89a" + bytes(100)

@@ -10,16 +10,16 @@ import sys
 
 import numpy as np
 import pytest
-from gunicorn_server import request, running_gunicorn
-from imagefactory import gradient, png
 from PIL import Image
 
-from supersizeme.config import REPO_ROOT
-from supersizeme.evaluate import image_files, load_pair, load_served, run_png
+from benchmarks.gunicorn_server import request, running_gunicorn
+from benchmarks.imagefactory import gradient, png
 from supersizeme.machine import cpu_flags
-from supersizeme.metrics import y_psnr_ssim
 from supersizeme.modelspec import ModelFolder
-from supersizeme.runtime import BFLOAT16_MAX_LOSS_DB, choose_precision, stream_count
+from supersizeme.service.config import REPO_ROOT
+from supersizeme.service.runtime import BFLOAT16_MAX_LOSS_DB, choose_precision, stream_count
+from supersizeme.toolchain.evaluate import image_files, load_pair, load_served, run_png
+from supersizeme.toolchain.quality import y_psnr_ssim
 
 BENCHMARK = REPO_ROOT.parent / "shared" / "datasets" / "benchmark"
 AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma"})
@@ -27,6 +27,7 @@ AVX512_BF16 = AVX2_ONLY | {"avx512f", "avx512_bf16", "avx512_vnni"}
 CHECKED = {"bfloat16_check": {"loss_db": {"set5": 0.02, "set14": 0.03}}}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not BENCHMARK.is_dir(), reason="needs shared/datasets beside the clone")
 def test_derived_network_equals_keras_on_set5_and_set14(shipped_model_dir):
     """Acceptance: every output pixel within one grey level, mean PSNR within 0.01 dB."""
@@ -73,7 +74,8 @@ def test_an_explicit_precision_is_kept_and_a_bad_one_refused():
 
 def test_the_service_reports_what_it_detected(tiny_model_dir, monkeypatch, tmp_path):
     """The app reads the flags of /proc/cpuinfo: a fake one without bfloat16 gives float32."""
-    from supersizeme import create_app, machine
+    from supersizeme import machine
+    from supersizeme.service.app import create_app
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(
@@ -108,6 +110,7 @@ def test_this_machine_is_detected():
     assert choose_precision("auto", flags, {}).precision == "float32"
 
 
+@pytest.mark.gunicorn
 def test_an_image_at_the_cap_in_force_gets_200(shipped_model_dir, tmp_path):
     """The shipped model on this machine: whatever cap it set for itself, it serves."""
     with running_gunicorn(shipped_model_dir, tmp_path / "server.log") as server:
@@ -133,7 +136,7 @@ def test_an_image_at_the_cap_in_force_gets_200(shipped_model_dir, tmp_path):
 def test_the_served_runtime_does_not_import_tensorflow(tiny_model_dir):
     """OpenVINO runs the network: the worker must not pay TensorFlow's memory and start-up."""
     code = (
-        "import sys; from supersizeme import create_app; "
+        "import sys; from supersizeme.service.app import create_app; "
         f"app = create_app({{'TESTING': True, 'MODEL_DIR': {str(tiny_model_dir)!r}}}); "
         "assert app.test_client().get('/readyz').status_code == 200; "
         "print(sorted(m for m in ('tensorflow', 'keras', 'ISR') if m in sys.modules))"

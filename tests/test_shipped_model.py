@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from supersizeme.config import REPO_ROOT
 from supersizeme.modelspec import ModelFolder
+from supersizeme.service.config import REPO_ROOT
 
 
 def test_folder_is_complete_and_checksummed(shipped_model_dir):
@@ -32,7 +32,7 @@ def test_the_committed_checkpoint_holds_the_shipped_weights(shipped_model_dir):
     import numpy as np
 
     from supersizeme.rdn import load_rdn, named_weights
-    from supersizeme.train import read_checkpoint
+    from supersizeme.toolchain.train import read_checkpoint
 
     state, weights, _ = read_checkpoint(shipped_model_dir / "training-checkpoint.npz")
     served = named_weights(load_rdn(ModelFolder.open(shipped_model_dir)))

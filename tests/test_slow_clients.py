@@ -20,13 +20,15 @@ from io import BytesIO
 
 import numpy as np
 import pytest
-from gunicorn_server import request, running_gunicorn
-from imagefactory import gradient, png
 from PIL import Image
 from prometheus_text import parse_samples, value
 
-from supersizeme.admission import WAIT_SLICE_SECONDS
-from supersizeme.tiling import tile_spans
+from benchmarks.gunicorn_server import request, running_gunicorn
+from benchmarks.imagefactory import gradient, png
+from supersizeme.service.admission import WAIT_SLICE_SECONDS
+from supersizeme.service.tiling import tile_spans
+
+pytestmark = pytest.mark.gunicorn  # a real gunicorn with the shipped model
 
 UPSCALE = "/supersizeme/"
 

@@ -1,4 +1,4 @@
-"""Metrics and request log lines of supersizeme/telemetry.py, through the Flask test client.
+"""Metrics and request log lines of supersizeme/service/telemetry.py, through the Flask test client.
 
 The multiprocess side (several gunicorn workers adding up) is in test_resilience.py.
 """
@@ -15,15 +15,15 @@ import sys
 import threading
 import time
 
-from imagefactory import gradient, png
 from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_text import parse_samples, value
 
-from supersizeme import telemetry
-from supersizeme.admission import InferenceGate
-from supersizeme.tiling import Stop
+from benchmarks.imagefactory import gradient, png
+from supersizeme.service import telemetry
+from supersizeme.service.admission import InferenceGate
+from supersizeme.service.tiling import Stop
 
 SMALL = png(Image.fromarray(gradient(40, 30)))
 GIF = b"GIF89a" + bytes(100)
@@ -86,7 +86,7 @@ def test_a_known_sequence_gives_exact_counts(app, client):
 
 
 def test_each_app_counts_on_its_own(app, client, tiny_model_dir):
-    from supersizeme import create_app
+    from supersizeme.service.app import create_app
 
     assert post(client, SMALL).status_code == 200
     other = create_app({"TESTING": True, "MODEL_DIR": str(tiny_model_dir)}).test_client()

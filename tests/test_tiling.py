@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from supersizeme.tiling import (
+from supersizeme.service.tiling import (
     ClientGone,
     DeadlineExceeded,
     Stop,

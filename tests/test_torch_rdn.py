@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from supersizeme.modelspec import RDNParams
-from supersizeme.torch_rdn import TorchRDN, depth_to_space
+from supersizeme.toolchain.torch_rdn import TorchRDN, depth_to_space
+
+pytestmark = pytest.mark.training  # the GPU trainer's network, in PyTorch
 
 
 @pytest.mark.parametrize("scale", [2, 3])
@@ -59,7 +61,7 @@ def test_set_named_weights_refuses_another_architecture():
 def test_convolutions_list_the_weights_in_keras_order(params):
     """What names the weights of old checkpoints, kept as Keras' get_weights() list."""
     from supersizeme.rdn import build_rdn, named_weights
-    from supersizeme.train import names_for
+    from supersizeme.toolchain.train import names_for
 
     keras_model = build_rdn(params, "float32")
     named = names_for(keras_model.get_weights(), params)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from trainfactory import tiny, wave_images
 
-from supersizeme.train import TrainConfig, augment, learning_rate, read_checkpoint, train
+from supersizeme.toolchain.train import TrainConfig, augment, learning_rate, read_checkpoint, train
+
+pytestmark = pytest.mark.training  # trains small networks
 
 
 @pytest.fixture(scope="module")

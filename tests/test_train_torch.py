@@ -10,11 +10,13 @@ import pytest
 import torch
 from trainfactory import tiny, wave_images
 
-from supersizeme import train as tf_train
 from supersizeme.modelspec import RDNParams
-from supersizeme.torch_rdn import TorchRDN
-from supersizeme.train import read_checkpoint
-from supersizeme.train_torch import train
+from supersizeme.toolchain import train as tf_train
+from supersizeme.toolchain.torch_rdn import TorchRDN
+from supersizeme.toolchain.train import read_checkpoint
+from supersizeme.toolchain.train_torch import train
+
+pytestmark = pytest.mark.training  # trains small networks
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +55,8 @@ def test_resume_continues_exactly(image_folder, tmp_path):
 
 
 def test_the_served_network_gives_the_trained_networks_output(trained, tmp_path):
-    from supersizeme.export import write_folder
     from supersizeme.rdn import load_rdn
+    from supersizeme.toolchain.export import write_folder
 
     _, checkpoint = trained
     folder = write_folder(checkpoint, tmp_path / "model", {"evaluation": None})

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from supersizeme.train import TrainConfig
+from supersizeme.toolchain.train import TrainConfig
 
 
 def wave_images(folder: Path) -> Path:

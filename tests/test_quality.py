@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from supersizeme.metrics import psnr, rgb_to_y, shave, ssim, y_psnr_ssim
+from supersizeme.toolchain.quality import psnr, rgb_to_y, shave, ssim, y_psnr_ssim
 
 
 def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

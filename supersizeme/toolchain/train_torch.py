@@ -1,13 +1,13 @@
 """The same training run in PyTorch, for the GPU machines that have no TensorFlow.
 
-    python -m supersizeme.train_torch --data data/train --val data/set5 --out runs/gpu \\
+    python -m supersizeme.toolchain.train_torch --data data/train --val data/set5 --out runs/gpu \\
         --C 3 --D 6 --G 32 --G0 32 --batch 32 --lr 3e-4 --steps 60000 --minutes 9
 
-Same options, data, sampling, schedule, loss and checkpoint file as ``supersizeme.train``
+Same options, data, sampling, schedule, loss and checkpoint file as ``supersizeme.toolchain.train``
 (the loop is shared); only the network step runs in PyTorch, on CUDA when there is one.
 The checkpoint keeps the weights by layer name in Keras' layout, so
-``python -m supersizeme.export --checkpoint <out>/ckpt.npz`` turns it into a served model
-folder on a machine with TensorFlow, and ``supersizeme.train --resume`` can carry on from
+``python -m supersizeme.toolchain.export --checkpoint <out>/ckpt.npz`` turns it into a served model
+folder on a machine with TensorFlow, and ``supersizeme.toolchain.train --resume`` can carry on from
 it there. ``--resume`` here also starts from a TensorFlow checkpoint's weights.
 """
 
@@ -19,8 +19,14 @@ import numpy as np
 import torch
 
 from supersizeme.rdn import PRECISIONS
-from supersizeme.torch_rdn import TorchRDN, from_keras, to_keras
-from supersizeme.train import WEIGHT_PREFIX, Run, TrainConfig, parse_args, write_checkpoint
+from supersizeme.toolchain.torch_rdn import TorchRDN, from_keras, to_keras
+from supersizeme.toolchain.train import (
+    WEIGHT_PREFIX,
+    Run,
+    TrainConfig,
+    parse_args,
+    write_checkpoint,
+)
 
 ADAM_PREFIXES = {"exp_avg": "adam_m/", "exp_avg_sq": "adam_v/"}
 

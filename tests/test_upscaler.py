@@ -10,10 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from supersizeme.config import REPO_ROOT
 from supersizeme.modelspec import ModelFolder, ModelFolderError
-from supersizeme.predictor import LoadSettings, ModelSlot, PixelCap, load, speed_cap
-from supersizeme.runtime import RUNTIMES
+from supersizeme.service import upscaler as upscaler_module
+from supersizeme.service.config import REPO_ROOT
+from supersizeme.service.runtime import RUNTIMES
+from supersizeme.service.upscaler import LoadSettings, ModelSlot, PixelCap, load, speed_cap
 
 CAP = PixelCap(max_pixels=2_000_000, deadline_seconds=60.0)
 
@@ -25,7 +26,7 @@ def copy_folder(source, tmp_path):
 
 
 def test_missing_weights_stop_start_up(tiny_model_dir, tmp_path):
-    from supersizeme import create_app
+    from supersizeme.service.app import create_app
 
     folder = copy_folder(tiny_model_dir, tmp_path)
     (folder / "weights.weights.h5").unlink()
@@ -81,7 +82,7 @@ def test_two_streams_give_what_one_gives(tiny_model_dir):
 def test_receptive_radius_matches_the_real_network(tiny_model_dir):
     """An impulse reaches exactly ``receptive_radius`` input pixels, which tiling relies on."""
     folder = ModelFolder.open(tiny_model_dir)
-    network = load(folder, LoadSettings(tile=1024)).upscaler.network
+    network = load(folder, LoadSettings(tile=1024)).tiled.network
     base = np.full((1, 41, 41, 3), 0.5, np.float32)
     poked = base.copy()
     poked[0, 20, 20] = 1.0
@@ -92,6 +93,7 @@ def test_receptive_radius_matches_the_real_network(tiny_model_dir):
     assert (radius - 1) * 2 <= reach <= radius * 2
 
 
+@pytest.mark.slow
 def test_building_the_network_writes_nothing_to_the_working_directory(tmp_path):
     code = (
         "from supersizeme.modelspec import RDNParams; from supersizeme.rdn import build_rdn; "
@@ -102,6 +104,7 @@ def test_building_the_network_writes_nothing_to_the_working_directory(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_shipped_model_tiled_equals_whole_on_1024x768(shipped_model_dir):
     """Acceptance: tile sizes change nothing visible (within one grey level) on real weights."""
     folder = ModelFolder.open(shipped_model_dir)
@@ -156,6 +159,7 @@ def test_speed_cap_keeps_what_fits_in_half_the_deadline():
 def test_a_slow_machine_lowers_the_default_cap_but_not_an_explicit_one(
     tiny_model_dir, caplog, monkeypatch
 ):
+    monkeypatch.setattr(upscaler_module, "RETIME_PAUSE_SECONDS", 0.01)
     folder = ModelFolder.open(tiny_model_dir)
     measured = load(folder, LoadSettings(tile=32)).seconds_per_megapixel
     assert measured > 0

@@ -1,20 +1,14 @@
-"""gpu/pack.py: a checkpoint too large for the device's $OUT comes back in parts, whole."""
+"""toolchain/pack.py: a checkpoint too large for the device's $OUT comes back in parts, whole."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from supersizeme.train import WEIGHT_PREFIX, read_checkpoint, write_checkpoint
-
-_spec = importlib.util.spec_from_file_location(
-    "pack", Path(__file__).resolve().parent.parent / "gpu" / "pack.py"
-)
-pack = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pack)
+from supersizeme.toolchain import pack
+from supersizeme.toolchain.train import WEIGHT_PREFIX, read_checkpoint, write_checkpoint
 
 STATE = {"config": {"init": "fan-in"}, "step": 7}
 
@@ -29,10 +23,6 @@ def checkpoint(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     path = tmp_path / "ckpt.npz"
     write_checkpoint(path, STATE, weights | moments)
     return path, weights | moments
-
-
-def test_prefix_matches_the_trainers():
-    assert pack.WEIGHT_PREFIX == WEIGHT_PREFIX
 
 
 def test_a_checkpoint_that_fits_travels_whole(checkpoint, tmp_path):

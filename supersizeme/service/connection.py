@@ -19,7 +19,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any
 
-from supersizeme.tiling import never_gone
+from supersizeme.service.tiling import never_gone
 
 SOCKET_KEY = "gunicorn.socket"
 

@@ -1,7 +1,9 @@
-"""The worker's model: loaded once per process, after gunicorn forks, and timed.
+"""The upscaler: a model folder and its settings made into one callable that upscales an
+image under a deadline, timed at warm-up. The server (through ``ModelSlot``), the command
+line, the evaluation and the benchmarks all get theirs from ``open_upscaler`` or ``load``.
 
-Nothing here runs at import time; ``load`` is called from the app factory inside each
-worker. Loaded models are cached per process, keyed by what defines them, so a second
+Nothing here runs at import time; the app factory loads the model inside each worker,
+after gunicorn forks. Loaded models are cached per process, keyed by what defines them, so a second
 app in the same process (the test suite) reuses the first one's network instead of
 building another.
 """
@@ -14,22 +16,24 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
-from supersizeme.machine import cpu_flags, reported_flags
+from supersizeme.machine import cpu_count, cpu_flags, reported_flags
 from supersizeme.modelspec import ModelFolder
-from supersizeme.runtime import choose_precision, load_network, stream_count
-from supersizeme.tiling import Stop, TiledUpscaler
+from supersizeme.service.runtime import choose_precision, load_network, stream_count
+from supersizeme.service.tiling import Stop, TiledUpscaler
 
 log = logging.getLogger("supersizeme")
 
-_cache: dict[tuple, ServedModel] = {}
+_cache: dict[tuple, Upscaler] = {}
 _cache_lock = threading.Lock()
 
 # The warm-up image whose timing gives the worker's speed: big enough that per-call
 # overheads are small next to the convolutions, small enough to cost well under a second
-# of start-up on the shipped model.
+# of start-up on the shipped model. Never more than one tile: with smaller tiles than
+# that, one tile's time per pixel is already the speed the worker serves at.
 SPEED_PROBE_SIDE = 256
 SPEED_PROBE_RUNS = 3
 RETIMINGS = 2
@@ -50,10 +54,10 @@ class LoadSettings:
 
 
 @dataclass(frozen=True)
-class ServedModel:
+class Upscaler:
     """A loaded network, tiled, with what it runs on and how fast it went at warm-up."""
 
-    upscaler: TiledUpscaler
+    tiled: TiledUpscaler
     runtime: str
     precision: str
     precision_reason: str
@@ -69,7 +73,11 @@ class ServedModel:
         self, image: np.ndarray, stop: Stop | None = None, lanes: int | None = None
     ) -> np.ndarray:
         """Upscale ``image`` on ``lanes`` streams at once (all of them unless given)."""
-        return self.upscaler(image, stop, self.streams if lanes is None else lanes)
+        return self.tiled(image, stop, self.streams if lanes is None else lanes)
+
+    @property
+    def scale(self) -> int:
+        return self.tiled.scale
 
 
 def warm_up(upscaler: TiledUpscaler, streams: int) -> None:
@@ -89,7 +97,8 @@ def warm_up(upscaler: TiledUpscaler, streams: int) -> None:
 def measure_speed(upscaler: TiledUpscaler, streams: int = 1) -> float:
     """Seconds per input megapixel of ``upscaler`` on interior tiles with every stream
     busy, measured now."""
-    probe = np.random.default_rng(0).random((SPEED_PROBE_SIDE, SPEED_PROBE_SIDE, 3), np.float32)
+    side = min(SPEED_PROBE_SIDE, upscaler.tile)
+    probe = np.random.default_rng(0).random((side, side, 3), np.float32)
     with ThreadPoolExecutor(streams) as pool:
 
         def probe_every_stream() -> float:
@@ -100,12 +109,12 @@ def measure_speed(upscaler: TiledUpscaler, streams: int = 1) -> float:
         # The fastest of a few runs: the speed of the machine, not of whatever else was
         # starting on it at the same moment (other workers loading their models).
         fastest = min(probe_every_stream() for _ in range(SPEED_PROBE_RUNS))
-    per_pixel = fastest / (streams * SPEED_PROBE_SIDE**2)
+    per_pixel = fastest / (streams * side**2)
     overlap = ((upscaler.tile + 2 * upscaler.overlap) / upscaler.tile) ** 2
     return per_pixel * overlap * 1e6
 
 
-def load(folder: ModelFolder, settings: LoadSettings) -> ServedModel:
+def load(folder: ModelFolder, settings: LoadSettings) -> Upscaler:
     """Build the network in its runtime, warm it up and time it; cached per process."""
     key = (str(folder.path.resolve()), folder.spec.get("weights_sha256"), settings)
     with _cache_lock:
@@ -127,8 +136,8 @@ def load(folder: ModelFolder, settings: LoadSettings) -> ServedModel:
                 reason = (
                     f"{choice.precision} asked, but {network.runtime} runs {network.precision} here"
                 )
-            _cache[key] = ServedModel(
-                upscaler=upscaler,
+            _cache[key] = Upscaler(
+                tiled=upscaler,
                 runtime=network.runtime,
                 precision=network.precision,
                 precision_reason=reason,
@@ -138,6 +147,12 @@ def load(folder: ModelFolder, settings: LoadSettings) -> ServedModel:
                 seconds_per_megapixel=measure_speed(upscaler, network.streams),
             )
         return _cache[key]
+
+
+def open_upscaler(model_dir: str | Path, settings: LoadSettings | None = None) -> Upscaler:
+    """The upscaler of the model folder at ``model_dir``: the folder opened and verified, its
+    network loaded in ``settings`` (by default every core), warmed up and timed."""
+    return load(ModelFolder.open(model_dir), settings or LoadSettings(threads=cpu_count()))
 
 
 def speed_cap(max_pixels: int, seconds_per_megapixel: float, deadline_seconds: float) -> int:
@@ -173,14 +188,10 @@ class ModelSlot:
         self.settings = settings
         self.cap = cap
         self.max_pixels = cap.max_pixels
-        self.served: ServedModel | None = None
+        self.served: Upscaler | None = None
         self.error: str | None = None
         self.loaded_at: float | None = None
         self._ready = threading.Event()
-
-    @property
-    def upscaler(self) -> TiledUpscaler | None:
-        return self.served.upscaler if self.served else None
 
     @property
     def precision(self) -> str:
@@ -210,7 +221,7 @@ class ModelSlot:
             self._ready.set()
 
     @staticmethod
-    def _timed_again(served: ServedModel) -> ServedModel:
+    def _timed_again(served: Upscaler) -> Upscaler:
         """The speed from a few more probes, a moment apart, before the cap is lowered.
 
         Workers that start together time themselves while their siblings still load their
@@ -219,14 +230,14 @@ class ModelSlot:
         timings = [served.seconds_per_megapixel]
         for _ in range(RETIMINGS):
             time.sleep(RETIME_PAUSE_SECONDS)
-            timings.append(measure_speed(served.upscaler, served.streams))
+            timings.append(measure_speed(served.tiled, served.streams))
         return replace(served, seconds_per_megapixel=min(timings))
 
-    def _fitting(self, served: ServedModel) -> int:
+    def _fitting(self, served: Upscaler) -> int:
         cap = self.cap
         return speed_cap(cap.max_pixels, served.seconds_per_megapixel, cap.deadline_seconds)
 
-    def _cap_in_force(self, served: ServedModel) -> int:
+    def _cap_in_force(self, served: Upscaler) -> int:
         cap = self.cap
         fitting = self._fitting(served)
         if fitting >= cap.max_pixels:

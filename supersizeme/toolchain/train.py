@@ -1,6 +1,6 @@
 """Train an RDN for x2 super-resolution on any folder of high-resolution images.
 
-    python -m supersizeme.train --data ../shared/datasets/train --out runs/small \\
+    python -m supersizeme.toolchain.train --data ../shared/datasets/train --out runs/small \\
         --C 3 --D 10 --G 64 --G0 64 --steps 8000 --minutes 120
 
 One loop, in the spirit of nanoGPT's train.py: the defaults sit in ``TrainConfig``;
@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from supersizeme.modelspec import RDNParams
-from supersizeme.protocol import hr_lr_pair
+from supersizeme.toolchain.degradation import hr_lr_pair
 
 if TYPE_CHECKING:  # TensorFlow loads only when training starts, not on --help
     import keras
@@ -219,7 +219,7 @@ def validate(
 
     ``predict`` maps a (1, h, w, 3) float batch in [0, 1] to its (1, H, W, 3) enlargement.
     """
-    from supersizeme.metrics import y_psnr_ssim
+    from supersizeme.toolchain.quality import y_psnr_ssim
 
     scores = []
     for hr, lr in pairs:

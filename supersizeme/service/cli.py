@@ -3,10 +3,10 @@
     python -m supersizeme upscale photos/ extra.jpg --out big/ --scale 4 --format webp
 
 Each file goes through the same validation, network and encoder as a POST to the
-service (``pipeline.supersize``, the model loaded by ``predictor.load``), without the
-request deadline. A file that cannot be upscaled is reported and skipped; the exit
-status says whether any was: 0 all written, 1 some failed, 2 nothing tried (bad
-options or a model that does not load), 130 interrupted.
+service (``pipeline.supersize``, the model loaded by ``upscaler.open_upscaler``),
+without the request deadline. A file that cannot be upscaled is reported and skipped;
+the exit status says whether any was: 0 all written, 1 some failed, 2 nothing tried
+(bad options or a model that does not load), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from supersizeme import config as settings
-from supersizeme.images import FORMATS, ImageRejected, Limits
 from supersizeme.machine import cpu_count
-from supersizeme.pipeline import SCALES, Upscale, output_name, supersize
-from supersizeme.runtime import PRECISIONS, RUNTIMES
+from supersizeme.service import config as settings
+from supersizeme.service.errors import Refused
+from supersizeme.service.images import FORMATS, Limits
+from supersizeme.service.pipeline import SCALES, Upscale, output_name, supersize
+from supersizeme.service.runtime import PRECISIONS, RUNTIMES
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -45,16 +46,8 @@ class Failure:
         return f"{self.path}: {self.code}: {self.message}"
 
 
-class Refused(Exception):
-    """One file that could not be upscaled; the run goes on with the next."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """Options default to the service's settings (supersizeme/config.py, SSM_* variables)."""
+    """Options default to the service's settings (service/config.py, SSM_* variables)."""
     defaults = settings.from_environment()
     parser = argparse.ArgumentParser(
         prog="python -m supersizeme",
@@ -170,7 +163,10 @@ def plan(
 
 
 def attempt(job: Job, upscale: Upscale, limits: Limits, args: argparse.Namespace) -> Failure | None:
-    """Upscale one file; what went wrong, if anything, instead of an exception."""
+    """Upscale one file; what went wrong, if anything, instead of an exception.
+
+    A Refused, whether from the served path or about the file itself, keeps its code.
+    """
     try:
         upscale_file(job, upscale, limits, args)
     except Refused as exc:
@@ -187,8 +183,6 @@ def upscale_file(job: Job, upscale: Upscale, limits: Limits, args: argparse.Name
         raise Refused("empty_file", "the file is empty")
     try:
         encoded, _ = supersize(data, upscale, args.scale, limits, image_format=args.image_format)
-    except ImageRejected as exc:
-        raise Refused(exc.code, exc.message) from None
     except MemoryError:
         raise Refused("out_of_memory", "not enough memory for this image") from None
     try:
@@ -257,16 +251,12 @@ def write_whole(target: Path, data: bytes) -> None:
 
 def load_upscaler(args: argparse.Namespace) -> Upscale:
     """The server's loading code, with every core for the one process."""
-    from supersizeme.modelspec import ModelFolder
-    from supersizeme.predictor import LoadSettings, load
+    from supersizeme.service.upscaler import LoadSettings, open_upscaler
 
-    folder = ModelFolder.open(args.model)
-    return load(
-        folder,
-        LoadSettings(
-            runtime=args.runtime, precision=args.precision, tile=args.tile, threads=cpu_count()
-        ),
+    settings = LoadSettings(
+        runtime=args.runtime, precision=args.precision, tile=args.tile, threads=cpu_count()
     )
+    return open_upscaler(args.model, settings)
 
 
 def run_upscale(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """Turn a training checkpoint into a served model folder, measured and documented.
 
-    python -m supersizeme.export --checkpoint runs/rdn-C3-D6-G32-G032-x2/ckpt.npz \\
+    python -m supersizeme.toolchain.export --checkpoint runs/rdn-C3-D6-G32-G032-x2/ckpt.npz \\
         --out models/rdn-C3-D6-G32-G032-x2 --data-name "T91 + BSD200 (291 images)" \\
         --sets ../shared/datasets/benchmark/set5 ../shared/datasets/benchmark/set14 \\
                ../shared/datasets/benchmark/bsd100
@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from supersizeme.evaluate import (
+from supersizeme.machine import cpu_count, hardware
+from supersizeme.modelspec import ModelFolder, RDNParams, write_spec
+from supersizeme.toolchain.evaluate import (
     BICUBIC,
     bicubic_png,
     evaluate_rows,
@@ -32,9 +34,7 @@ from supersizeme.evaluate import (
     row_name,
     set_name,
 )
-from supersizeme.machine import cpu_count, hardware
-from supersizeme.modelspec import ModelFolder, RDNParams, write_spec
-from supersizeme.train import TrainConfig, read_checkpoint
+from supersizeme.toolchain.train import TrainConfig, read_checkpoint
 
 CARD_FILE = "MODEL_CARD.md"
 # A model trained in phases (--resume, --init-from) is exported from its last checkpoint.
@@ -66,7 +66,7 @@ _BOOKKEEPING = {"resume", "threads", "checkpoint_every"}
 _ALWAYS = {"data", "out", "C", "D", "G", "G0", "steps"}
 
 
-def train_command(config: dict[str, Any], module: str = "supersizeme.train") -> str:
+def train_command(config: dict[str, Any], module: str = "supersizeme.toolchain.train") -> str:
     """The command line of ``module`` (either trainer) that reproduces ``config``."""
     defaults = TrainConfig()
     args = ["python", "-m", module]
@@ -81,7 +81,9 @@ def train_command(config: dict[str, Any], module: str = "supersizeme.train") -> 
 
 def trainer_module(state: dict[str, Any]) -> str:
     """The module that wrote a checkpoint: only the PyTorch trainer names itself."""
-    return "supersizeme.train_torch" if "trainer" in state else "supersizeme.train"
+    return (
+        "supersizeme.toolchain.train_torch" if "trainer" in state else "supersizeme.toolchain.train"
+    )
 
 
 def training_record(
@@ -203,7 +205,7 @@ used for measurement only, never for training.
 ## Intended use
 
 Enlarging clean natural images (photographs, renders without heavy compression) by
-exactly {params.scale}x, through the service or through `supersizeme.pipeline`, in research,
+exactly {params.scale}x, through the service or through `supersizeme.service.pipeline`, in research,
 teaching and demonstrations. The output is the model's estimate of a sharper image, fit
 for viewing, not a measurement of detail the camera never recorded.
 
@@ -290,9 +292,19 @@ def export(
     export_args = ["--checkpoint", str(checkpoint), "--out", str(out), "--data-name", data_name]
     commands = {
         "train": training["command"],
-        "export": shlex.join(["python", "-m", "supersizeme.export", *export_args, *set_args]),
+        "export": shlex.join(
+            ["python", "-m", "supersizeme.toolchain.export", *export_args, *set_args]
+        ),
         "evaluate": shlex.join(
-            ["python", "-m", "supersizeme.evaluate", "--model", str(out), "--bicubic", *set_args]
+            [
+                "python",
+                "-m",
+                "supersizeme.toolchain.evaluate",
+                "--model",
+                str(out),
+                "--bicubic",
+                *set_args,
+            ]
         ),
     }
     (folder.path / CARD_FILE).write_text(render_card(spec, commands))
@@ -313,7 +325,7 @@ def check_bfloat16(
     ``sets`` lacks Set5 or Set14.
     """
     from supersizeme.machine import cpu_flags, native_bfloat16
-    from supersizeme.runtime import BFLOAT16_CHECKED_SETS
+    from supersizeme.service.runtime import BFLOAT16_CHECKED_SETS
 
     by_name = {Path(path).name.lower(): path for path in sets}
     if not all(name in by_name for name in BFLOAT16_CHECKED_SETS):

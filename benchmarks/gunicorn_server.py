@@ -1,4 +1,4 @@
-"""A real gunicorn serving the app, for the end-to-end, corpus and load tests."""
+"""A real gunicorn serving the app, for the end-to-end, corpus and load tests and the benchmarks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from supersizeme.config import REPO_ROOT
+from supersizeme.service.config import REPO_ROOT
 
 
 def free_port() -> int:

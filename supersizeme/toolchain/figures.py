@@ -1,6 +1,6 @@
 """The two figures of docs/model.md, drawn from a model folder rather than by hand.
 
-    python -m supersizeme.figures --model models/rdn-C3-D6-G32-G032-x2 \\
+    python -m supersizeme.toolchain.figures --model models/rdn-C3-D6-G32-G032-x2 \\
         --image ../shared/datasets/benchmark/set14/img_005.png --out assets/
 
 writes ``rdn-architecture.svg`` (the network with this model's C, D, G and G0) and
@@ -21,9 +21,9 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from supersizeme.evaluate import UpscalePng, bicubic_png, load_pair, load_served, run_png
-from supersizeme.metrics import rgb_to_y, y_psnr_ssim
 from supersizeme.modelspec import ModelFolder, RDNParams
+from supersizeme.toolchain.evaluate import UpscalePng, bicubic_png, load_pair, load_served, run_png
+from supersizeme.toolchain.quality import rgb_to_y, y_psnr_ssim
 
 ARCHITECTURE_FILE = "rdn-architecture.svg"
 BEFORE_AFTER_FILE = "before-after.png"

@@ -1,13 +1,13 @@
 """The image layer between raw request bytes and the network.
 
 ``decode`` turns untrusted PNG or JPEG bytes into float arrays, refusing anything we
-will not process with an ``ImageRejected`` that carries an HTTP status, a stable code
-and a message safe to show the client. ``encode`` turns the network's output back into
-PNG, WebP or JPEG bytes that keep as much of the input's kind as the format can hold:
-grey stays grey (PNG, JPEG), 16-bit grey stays 16-bit (PNG), transparency (PNG, WebP)
-and the ICC profile survive. Other metadata (EXIF, text, gamma chunks) is not carried
-over: orientation is already applied to the pixels, and EXIF often holds location data
-the client did not ask us to echo back.
+will not process with a ``Refused`` (errors.py) that carries a stable code and a message
+safe to show the client. ``encode`` turns the network's output back into PNG, WebP or
+JPEG bytes that keep as much of the input's kind as the format can hold: grey stays grey
+(PNG, JPEG), 16-bit grey stays 16-bit (PNG), transparency (PNG, WebP) and the ICC
+profile survive. Other metadata (EXIF, text, gamma chunks) is not carried over:
+orientation is already applied to the pixels, and EXIF often holds location data the
+client did not ask us to echo back.
 
 Every size check reads the header alone, before Pillow decodes a single pixel, so a
 small file that declares a huge image costs nothing. What the header does not bound (how
@@ -29,6 +29,8 @@ from io import BytesIO
 
 import numpy as np
 from PIL import ExifTags, Image, PngImagePlugin
+
+from supersizeme.service.errors import Refused
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -191,22 +193,6 @@ OUTPUT_FORMATS = {
 FORMATS = tuple(OUTPUT_FORMATS)
 
 
-class ImageRejected(Exception):
-    """Input we refuse to process.
-
-    ``status`` is the HTTP status, ``code`` a stable snake_case identifier, and
-    ``message`` a sentence for the client that names the limit or problem. Messages
-    never include exception text, paths or tracebacks; the cause, when there is one,
-    is chained as ``__cause__`` for server-side logs.
-    """
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 @dataclass(frozen=True)
 class Limits:
     """What decode accepts for an output ``scale`` times larger.
@@ -272,12 +258,12 @@ class DecodedImage:
 
 
 def sniff_format(data: bytes) -> str:
-    """The format's name, "PNG" or "JPEG", judged by magic bytes alone; others get a 415."""
+    """The format's name, "PNG" or "JPEG", judged by magic bytes alone; others are refused."""
     if data.startswith(PNG_MAGIC):
         return "PNG"
     if data.startswith(_JPEG_MAGIC):
         return "JPEG"
-    raise ImageRejected(415, "unsupported_media_type", _unsupported_message(data))
+    raise Refused("unsupported_media_type", _unsupported_message(data))
 
 
 def _unsupported_message(data: bytes) -> str:
@@ -294,11 +280,11 @@ def _unsupported_message(data: bytes) -> str:
 def decode(data: bytes, limits: Limits) -> DecodedImage:
     """Validate and decode PNG or JPEG bytes into an upright float image.
 
-    Raises ImageRejected for empty bodies (400), other formats (415), and images that
-    are too large, too small, animated, too costly to parse or undecodable (422).
+    Raises Refused for empty bodies, other formats, and images that are too large, too
+    small, animated, too costly to parse or undecodable.
     """
     if not data:
-        raise ImageRejected(400, "empty_body", f"The request body is empty; {_SUPPORTED}.")
+        raise Refused("empty_body", f"The request body is empty; {_SUPPORTED}.")
     source_format = sniff_format(data)
     with _refuse_undecodable(source_format, limits):
         if source_format == "JPEG":
@@ -335,8 +321,7 @@ def _check_jpeg_structure(data: bytes) -> None:
         marker = _JPEG_MARKER.search(data, position, end)
         if marker is None:
             if end < len(data):
-                raise ImageRejected(
-                    422,
+                raise Refused(
                     "too_many_segments",
                     f"The JPEG has more than {MAX_JPEG_HEADER_PADDING:,} bytes of padding "
                     "between the markers of its header, which is all that is accepted.",
@@ -353,8 +338,7 @@ def _check_jpeg_structure(data: bytes) -> None:
             raise _corrupt("JPEG")
         segments += 1
         if segments > MAX_JPEG_SEGMENTS:
-            raise ImageRejected(
-                422,
+            raise Refused(
                 "too_many_segments",
                 f"The JPEG has more than {MAX_JPEG_SEGMENTS:,} marker segments, which is "
                 "all that is accepted.",
@@ -362,8 +346,7 @@ def _check_jpeg_structure(data: bytes) -> None:
         if code == _SOS:
             scans += 1
             if scans > MAX_JPEG_SCANS:
-                raise ImageRejected(
-                    422,
+                raise Refused(
                     "too_many_scans",
                     f"The JPEG is split into more than {MAX_JPEG_SCANS} scans, each decoded "
                     f"over the whole image; at most {MAX_JPEG_SCANS} are accepted "
@@ -376,8 +359,7 @@ def _check_jpeg_structure(data: bytes) -> None:
         ):
             parsed += length
             if parsed > MAX_JPEG_PARSED_SEGMENT_BYTES:
-                raise ImageRejected(
-                    422,
+                raise Refused(
                     "too_much_metadata",
                     f"The JPEG has more than {MAX_JPEG_PARSED_SEGMENT_BYTES // 1024} KiB of "
                     "quantization tables and Photoshop resources before its image data, "
@@ -398,16 +380,14 @@ def _check_png_structure(data: bytes) -> None:
         length, chunk_type = struct.unpack_from(">I4s", data, position)
         chunks += 1
         if chunks > MAX_PNG_CHUNKS:
-            raise ImageRejected(
-                422,
+            raise Refused(
                 "too_many_segments",
                 f"The PNG has more than {MAX_PNG_CHUNKS:,} chunks, which is all that is accepted.",
             )
         if chunk_type in _PNG_COMPRESSED_CHUNKS:
             compressed += 1
             if compressed > MAX_PNG_COMPRESSED_CHUNKS:
-                raise ImageRejected(
-                    422,
+                raise Refused(
                     "too_much_metadata",
                     f"The PNG has more than {MAX_PNG_COMPRESSED_CHUNKS} compressed text or "
                     "profile chunks (zTXt, iTXt, iCCP), which is all that is accepted.",
@@ -417,9 +397,8 @@ def _check_png_structure(data: bytes) -> None:
         position += 12 + length
 
 
-def _corrupt(source_format: str) -> ImageRejected:
-    return ImageRejected(
-        422,
+def _corrupt(source_format: str) -> Refused:
+    return Refused(
         "corrupt_image",
         f"The {source_format} data is corrupt or truncated and cannot be decoded.",
     )
@@ -427,7 +406,7 @@ def _corrupt(source_format: str) -> ImageRejected:
 
 @contextmanager
 def _refuse_undecodable(source_format: str, limits: Limits) -> Iterator[None]:
-    """Turn whatever Pillow raises on hostile or broken input into a 422.
+    """Turn whatever Pillow raises on hostile or broken input into a refusal.
 
     Pillow's failures span OSError, SyntaxError, ValueError, EOFError, struct.error,
     zlib.error and more, and differ between versions, so anything that is not ours
@@ -437,12 +416,11 @@ def _refuse_undecodable(source_format: str, limits: Limits) -> Iterator[None]:
     """
     try:
         yield
-    except (ImageRejected, MemoryError):
+    except (Refused, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Raised by Image.open from the header, before we can read the size ourselves.
-        raise ImageRejected(
-            422,
+        raise Refused(
             "too_many_pixels",
             f"The image declares far more pixels than allowed; {limits.describe_cap()}.",
         ) from exc
@@ -450,8 +428,7 @@ def _refuse_undecodable(source_format: str, limits: Limits) -> Iterator[None]:
         # Pillow's PNG text limits raise a plain ValueError that names the setting.
         if "MAX_TEXT_" not in str(exc):
             raise _corrupt(source_format) from exc
-        raise ImageRejected(
-            422,
+        raise Refused(
             "too_much_metadata",
             f"The PNG's text is too large: at most "
             f"{PngImagePlugin.MAX_TEXT_CHUNK // 2**20} MiB per chunk once decompressed "
@@ -471,23 +448,19 @@ def _check_header(image: Image.Image, source_format: str, limits: Limits) -> Non
     width, height = image.size
     pixels = width * height
     if pixels > limits.pixel_cap:
-        raise ImageRejected(
-            422,
+        raise Refused(
             "too_many_pixels",
             f"The image is {width}x{height} ({pixels:,} pixels); {limits.describe_cap()}.",
         )
     if min(width, height) < limits.min_side:
-        raise ImageRejected(
-            422,
+        raise Refused(
             "too_small",
             f"The image is {width}x{height}; both sides must be at least {limits.min_side} pixels.",
         )
     # Only PNG: a multi-picture JPEG (MPO, as phones write) is one photo plus extras,
     # and Pillow gives us the primary picture as the first frame.
     if source_format == "PNG" and getattr(image, "is_animated", False):
-        raise ImageRejected(
-            422, "animated_image", "Animated PNGs are not supported; send a single frame."
-        )
+        raise Refused("animated_image", "Animated PNGs are not supported; send a single frame.")
 
 
 def _decoded(image: Image.Image, source_format: str) -> DecodedImage:
@@ -513,8 +486,7 @@ def _check_exif_size(info: Mapping[str, object]) -> None:
     raw_profile = info.get("Raw profile type exif")
     size = len(exif) if isinstance(exif, bytes) else len(str(raw_profile or "")) // 2
     if size > MAX_EXIF_BYTES:
-        raise ImageRejected(
-            422,
+        raise Refused(
             "too_much_metadata",
             f"The image's EXIF is {size:,} bytes; at most {MAX_EXIF_BYTES:,} (what a JPEG "
             "can hold) are accepted.",
@@ -570,16 +542,14 @@ def check_encodable(image: DecodedImage, scale: int, image_format: str) -> None:
     """
     output_format = OUTPUT_FORMATS[image_format]
     if image.alpha is not None and not output_format.alpha and image.alpha.min() < 1.0:
-        raise ImageRejected(
-            422,
+        raise Refused(
             "format_cannot_carry_alpha",
             f"The image has transparency, which {image_format} cannot carry; "
             f"ask for {' or '.join(f.name for f in OUTPUT_FORMATS.values() if f.alpha)}.",
         )
     width, height = image.width * scale, image.height * scale
     if max(width, height) > output_format.max_side:
-        raise ImageRejected(
-            422,
+        raise Refused(
             "too_large_for_format",
             f"At x{scale} the image would be {width}x{height}; {image_format} images "
             f"can be at most {output_format.max_side:,} pixels on a side. Ask for png.",

@@ -1,7 +1,8 @@
 """The HTTP contract: one blueprint with the upscaling endpoint and the health checks.
 
-Everything a caller can get wrong ends here as a JSON error with a stable code; the
-log keeps the detail, keyed by the request id that the answer also carries.
+Everything a caller can get wrong ends here as a JSON error with a stable code, whose
+HTTP status this module alone decides (``HTTP_STATUS``); the log keeps the detail, keyed
+by the request id that the answer also carries.
 """
 
 from __future__ import annotations
@@ -12,20 +13,21 @@ import os
 import re
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from supersizeme.admission import InferenceGate, Overloaded
-from supersizeme.connection import UploadClock, client_watch
-from supersizeme.images import FORMATS, OUTPUT_FORMATS, ImageRejected, Limits
-from supersizeme.pipeline import SCALES, Timings, decode_for, output_name, upscale_decoded
-from supersizeme.predictor import ModelSlot
-from supersizeme.telemetry import RequestRecord, Telemetry
-from supersizeme.tiling import ClientGone, DeadlineExceeded, Stop
+from supersizeme.service.admission import InferenceGate, Overloaded
+from supersizeme.service.connection import UploadClock, client_watch
+from supersizeme.service.errors import Refused
+from supersizeme.service.images import FORMATS, OUTPUT_FORMATS, Limits
+from supersizeme.service.pipeline import SCALES, Timings, decode_for, output_name, upscale_decoded
+from supersizeme.service.telemetry import RequestRecord, Telemetry
+from supersizeme.service.tiling import ClientGone, DeadlineExceeded, Stop
+from supersizeme.service.upscaler import ModelSlot
 
 bp = Blueprint("supersizeme", __name__)
 log = logging.getLogger("supersizeme")
@@ -35,18 +37,38 @@ request_log = logging.getLogger("supersizeme.requests")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        retry_after: int | None = None,
-        extra: dict[str, Any] | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
-        self.extra = extra
+# The HTTP status of every code a Refused may carry, here or from the layers below.
+# tests/test_openapi.py checks that the code of every Refused in the service's source is
+# here, and that these pairs are the ones the OpenAPI document lists.
+HTTP_STATUS = {
+    # The body: missing, cut short, or not one file.
+    "empty_body": 400,
+    "incomplete_body": 400,
+    "expected_one_file": 400,
+    "upload_timeout": 408,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    # The query, or an image that cannot be processed as asked.
+    "invalid_parameter": 422,
+    "corrupt_image": 422,
+    "too_many_pixels": 422,
+    "too_small": 422,
+    "animated_image": 422,
+    "too_many_scans": 422,
+    "too_many_segments": 422,
+    "too_much_metadata": 422,
+    "format_cannot_carry_alpha": 422,
+    "too_large_for_format": 422,
+    "overloaded": 429,
+    # nginx's status for a client that closed its connection before the answer. Nobody
+    # receives it: it exists for the request log and the metrics, so the API's contract
+    # does not list it.
+    "client_closed_request": 499,
+    "internal_error": 500,
+    "not_ready": 503,
+    "model_failed": 503,
+    "deadline_exceeded": 503,
+}
 
 
 def error_response(
@@ -88,7 +110,7 @@ def start_request() -> None:
 
 
 def telemetry() -> Telemetry:
-    return current_app.extensions["supersizeme.telemetry"]
+    return current_app.extensions["supersizeme.service.telemetry"]
 
 
 def scraping() -> bool:
@@ -114,22 +136,19 @@ def end_request(_error: BaseException | None) -> None:
         telemetry().in_flight.dec()
 
 
-@bp.app_errorhandler(ApiError)
-def handle_api_error(error: ApiError) -> ResponseReturnValue:
-    return error_response(error.status, error.code, error.message, error.retry_after, error.extra)
-
-
-@bp.app_errorhandler(ImageRejected)
-def handle_rejected(error: ImageRejected) -> ResponseReturnValue:
+@bp.app_errorhandler(Refused)
+def handle_refused(error: Refused) -> Response:
     if error.__cause__ is not None:
         g.error_detail = repr(error.__cause__)  # the decoder's words, for the log line only
-    return error_response(error.status, error.code, error.message)
+    return error_response(
+        HTTP_STATUS[error.code], error.code, error.message, error.retry_after, error.extra
+    )
 
 
 @bp.app_errorhandler(HTTPException)
 def handle_http_error(error: HTTPException) -> ResponseReturnValue:
     if error.code == 413:
-        return handle_api_error(payload_too_large())
+        return handle_refused(payload_too_large())
     code = (error.name or "http_error").lower().replace(" ", "_")
     response = error_response(error.code or 500, code, error.description or error.name)
     for name, value in error.get_headers():
@@ -138,10 +157,9 @@ def handle_http_error(error: HTTPException) -> ResponseReturnValue:
     return response
 
 
-def payload_too_large() -> ApiError:
+def payload_too_large() -> Refused:
     limit = current_app.config["MAX_BODY_BYTES"]
-    return ApiError(
-        413,
+    return Refused(
         "payload_too_large",
         f"The upload is larger than the limit of {limit:,} bytes ({limit / 2**20:g} MiB).",
     )
@@ -150,7 +168,7 @@ def payload_too_large() -> ApiError:
 @bp.app_errorhandler(Exception)
 def handle_unexpected(error: Exception) -> ResponseReturnValue:
     log.exception("request_id=%s unexpected error", g.get("request_id"))
-    return error_response(500, "internal_error", "The server failed to process this image.")
+    return handle_refused(Refused("internal_error", "The server failed to process this image."))
 
 
 def is_form() -> bool:
@@ -193,8 +211,7 @@ def read_body() -> bytes:
         if is_form():
             files = [f for _, f in request.files.items(multi=True)]
             if len(files) != 1:
-                raise ApiError(
-                    400,
+                raise Refused(
                     "expected_one_file",
                     "A multipart upload must carry exactly one file field; "
                     f"this one has {len(files)}.",
@@ -211,7 +228,7 @@ def read_body() -> bytes:
                 raise incomplete_body(f"{len(data):,} of {declared:,} bytes arrived")
     except ClientDisconnected as exc:
         raise incomplete_body(repr(exc)) from None
-    except (ApiError, HTTPException):
+    except (Refused, HTTPException):
         raise
     except Exception as exc:
         # gunicorn's body reader raises OSError or its own ParseException when the client
@@ -220,53 +237,63 @@ def read_body() -> bytes:
     if len(data) > max_bytes:
         raise payload_too_large()
     if not data:
-        raise ApiError(400, "empty_body", "The request body is empty; send a PNG or JPEG image.")
+        raise Refused("empty_body", "The request body is empty; send a PNG or JPEG image.")
     return data
 
 
-def incomplete_body(detail: str) -> ApiError:
+def incomplete_body(detail: str) -> Refused:
     g.error_detail = detail
-    return ApiError(
-        400, "incomplete_body", "The request body ended early or its framing is broken."
-    )
+    return Refused("incomplete_body", "The request body ended early or its framing is broken.")
 
 
-def upload_timeout() -> ApiError:
+def upload_timeout() -> Refused:
     seconds = current_app.config["UPLOAD_SECONDS"]
-    return ApiError(
-        408,
+    return Refused(
         "upload_timeout",
         f"The request body did not arrive within the upload time limit of {seconds:g} s.",
     )
 
 
-def request_deadline() -> float:
-    """The monotonic instant by which this request must be answered.
-
-    It counts from now, once the body has arrived: the deadline bounds the server's work
-    (decoding, waiting for the inference turn, the network, encoding), and a slow upload to
-    an idle server is the upload limit's business, not a reason to refuse the image.
-    """
-    return time.monotonic() + current_app.config["DEADLINE_SECONDS"]
-
-
-def retry_later(status: int, code: str, message: str) -> ApiError:
+def retry_later(code: str, message: str) -> Refused:
     """A refusal that is not the caller's fault: it carries the configured Retry-After."""
-    return ApiError(status, code, message, current_app.config["RETRY_AFTER_SECONDS"])
+    return Refused(code, message, retry_after=current_app.config["RETRY_AFTER_SECONDS"])
 
 
-def not_ready() -> ApiError:
-    return retry_later(
-        503, "not_ready", "The model is still loading in this worker; retry shortly."
-    )
+def not_ready() -> Refused:
+    return retry_later("not_ready", "The model is still loading in this worker; retry shortly.")
 
 
 # The query parameters of POST /supersizeme/ and their allowed values, default first.
 QUERY_PARAMETERS = {"scale": tuple(str(scale) for scale in SCALES), "format": FORMATS}
 
 
+@dataclass(frozen=True)
+class UpscaleRequest:
+    """What one upload asks for and the bounds it is served within.
+
+    ``deadline_seconds`` starts counting once the body has arrived: the deadline bounds
+    the server's work (decoding, waiting for the inference turn, the network, encoding),
+    and a slow upload to an idle server is the upload limit's business, not a reason to
+    refuse the image.
+    """
+
+    scale: int
+    image_format: str
+    limits: Limits  # at x2; decode_for shrinks the pixel cap for larger scales
+    deadline_seconds: float
+
+
+def upscale_request() -> UpscaleRequest:
+    """The upload's request, from its query string and the settings in force.
+
+    Made before the body is read, so that a bad query costs neither side the upload.
+    """
+    scale, image_format = requested_output()
+    return UpscaleRequest(scale, image_format, limits(), current_app.config["DEADLINE_SECONDS"])
+
+
 def requested_output() -> tuple[int, str]:
-    """The scale and format asked for in the query string, refused before the body is read.
+    """The scale and format asked for in the query string.
 
     Values are matched exactly (no case folding, no aliases such as jpg) so that one
     request always means one thing, as the OpenAPI document's enums say.
@@ -278,8 +305,7 @@ def requested_output() -> tuple[int, str]:
             accepted = " and ".join(
                 f"{key} ({', '.join(values)})" for key, values in QUERY_PARAMETERS.items()
             )
-            raise ApiError(
-                422,
+            raise Refused(
                 "invalid_parameter",
                 f"Unknown query parameter{shown}; this endpoint takes {accepted}.",
             )
@@ -290,8 +316,7 @@ def query_choice(name: str) -> str:
     allowed = QUERY_PARAMETERS[name]
     given = request.args.getlist(name) or [allowed[0]]
     if len(given) > 1 or given[0] not in allowed:
-        raise ApiError(
-            422,
+        raise Refused(
             "invalid_parameter",
             f"The query parameter {name} must be given once, as one of {', '.join(allowed)}.",
             extra={"allowed": list(allowed)},
@@ -303,7 +328,7 @@ def query_choice(name: str) -> str:
 def supersize() -> ResponseReturnValue:
     # Everything that can refuse the request without its body comes first, so that a
     # refusal costs neither side the upload.
-    scale, image_format = requested_output()
+    wanted = upscale_request()
     refuse_declared_oversize()
     model = slot()
     if model.served is None:
@@ -314,63 +339,58 @@ def supersize() -> ResponseReturnValue:
     # the unread body (to keep the connection) or closes the connection.
     try:
         with gate.present():
-            return upscale_upload(model, gate, scale, image_format)
+            return upscale_upload(model, gate, wanted)
     except Overloaded:
         # Full on arrival, or filled up while this body was being read and decoded.
         raise overloaded() from None
 
 
 def upscale_upload(
-    model: ModelSlot, gate: InferenceGate, scale: int, image_format: str
+    model: ModelSlot, gate: InferenceGate, wanted: UpscaleRequest
 ) -> ResponseReturnValue:
     data = read_upload()
-    stop = Stop(request_deadline(), client_watch(request.environ))
+    stop = Stop(time.monotonic() + wanted.deadline_seconds, client_watch(request.environ))
     timings = g.timings = Timings()
-    image = decode_for(data, limits(), scale, image_format, timings)
+    image = decode_for(data, wanted.limits, wanted.scale, wanted.image_format, timings)
     g.image_size = (image.width, image.height)
     waiting = time.perf_counter()
     try:
         with gate.turn(stop) as lanes:
             timings.queue = time.perf_counter() - waiting
             upscale = functools.partial(model.served, lanes=lanes)
-            encoded = upscale_decoded(image, upscale, scale, stop, timings, image_format)
+            encoded = upscale_decoded(
+                image, upscale, wanted.scale, stop, timings, wanted.image_format
+            )
     except DeadlineExceeded:
         raise deadline_passed() from None
     except ClientGone:
         return client_closed()
-    response = Response(encoded, mimetype=OUTPUT_FORMATS[image_format].mimetype)
-    response.headers["Content-Disposition"] = (
-        f'inline; filename="{output_name("supersized", scale, image_format)}"'
-    )
+    response = Response(encoded, mimetype=OUTPUT_FORMATS[wanted.image_format].mimetype)
+    name = output_name("supersized", wanted.scale, wanted.image_format)
+    response.headers["Content-Disposition"] = f'inline; filename="{name}"'
     response.headers["Server-Timing"] = timings.server_timing()
     return response
 
 
-def overloaded() -> ApiError:
+def overloaded() -> Refused:
     return retry_later(
-        429,
         "overloaded",
         "This worker is busy with other images and its queue is full; retry shortly.",
     )
 
 
-# nginx's status for a client that closed its connection before the answer. Nobody receives
-# it: it exists for the request log and the metrics, so the API's contract does not list it.
-CLIENT_CLOSED_REQUEST = 499
-
-
 def client_closed() -> Response:
-    return error_response(
-        CLIENT_CLOSED_REQUEST,
-        "client_closed_request",
-        "The client closed the connection before its image was done; the work was stopped.",
+    return handle_refused(
+        Refused(
+            "client_closed_request",
+            "The client closed the connection before its image was done; the work was stopped.",
+        )
     )
 
 
-def deadline_passed() -> ApiError:
+def deadline_passed() -> Refused:
     seconds = current_app.config["DEADLINE_SECONDS"]
     return retry_later(
-        503,
         "deadline_exceeded",
         f"The image could not be processed within the request deadline of {seconds:g} s; "
         "the server is busy or the image is large. Retry later or send a smaller image.",
@@ -418,9 +438,7 @@ def readyz() -> ResponseReturnValue:
         raise (
             not_ready()
             if model.state == "loading"
-            else ApiError(
-                503, "model_failed", "The model failed to load in this worker.", retry_after=60
-            )
+            else Refused("model_failed", "The model failed to load in this worker.", retry_after=60)
         )
     return jsonify(status="ready", model=model.folder.params.name)
 

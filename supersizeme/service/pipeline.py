@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from supersizeme.images import DecodedImage, Limits, check_encodable, decode, encode
-from supersizeme.tiling import Stop
+from supersizeme.service.images import DecodedImage, Limits, check_encodable, decode, encode
+from supersizeme.service.tiling import Stop
 
 # An HxWx3 float image and when to give up on it (or None: never) -> the upscaled image.
 Upscale = Callable[[np.ndarray, Stop | None], np.ndarray]

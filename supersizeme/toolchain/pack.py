@@ -1,11 +1,11 @@
 """Carry checkpoints back from a GPU machine, whose $OUT returns files of at most 16 MiB.
 
-    python gpu/pack.py pack RUN/ckpt.npz OUT/NAME     # there: NAME.npz (+ NAME.part2.npz ...)
-    python gpu/pack.py unpack OUT/NAME runs/NAME.npz  # here: one checkpoint again
+    python -m supersizeme.toolchain.pack pack RUN/ckpt.npz OUT/NAME     # there: NAME.npz (+ parts)
+    python -m supersizeme.toolchain.pack unpack OUT/NAME runs/NAME.npz  # here: one checkpoint
 
 A checkpoint that fits travels whole (weights, Adam moments, progress: --resume works on
 it). A larger one travels as its weights and state only, cut into parts that fit, which
-is all that ``supersizeme.export`` and ``--init-from`` need.
+is all that ``supersizeme.toolchain.export`` and ``--init-from`` need.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from supersizeme.toolchain.train import WEIGHT_PREFIX
+
 PART_BYTES = 15 * 2**20
-WEIGHT_PREFIX = "w/"  # supersizeme.train's; not imported, so that this runs without Flask
 
 
 def part_path(prefix: Path, index: int) -> Path:

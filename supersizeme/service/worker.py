@@ -6,7 +6,7 @@ the worker's few request threads, without a time limit, so a client that trickle
 holds a thread as long as it likes. Here they must arrive within
 ``SSM_HEADER_TIMEOUT_SECONDS`` of a thread taking the connection, else the answer is 408 and
 the connection closes. (The body's time limit is the app's: ``SSM_UPLOAD_SECONDS``,
-supersizeme/connection.py.) A slow client can still hold a thread, but not for ever; the
+supersizeme/service/connection.py.) A slow client can still hold a thread, but not for ever; the
 front (front/nginx.conf) keeps such clients away from gunicorn altogether, and these limits
 are what is left where gunicorn is reached without it.
 
@@ -45,12 +45,12 @@ from gunicorn.http.message import Request
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from supersizeme import config as settings
+from supersizeme.service import config as settings
 
 # The upload endpoint, with and without its trailing slash (the app takes both).
 UPLOAD_PATHS = frozenset({"/supersizeme/", "/supersizeme"})
 
-# A caller's X-Request-ID is echoed only if it is a short token, as supersizeme/api.py does
+# A caller's X-Request-ID is echoed only if it is a short token, as supersizeme/service/api.py does
 # (not imported here: this module is loaded by the master, which must not load the app).
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 

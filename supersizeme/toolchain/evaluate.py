@@ -1,14 +1,14 @@
 """Measure models the way the SR papers do, through the path users are served by.
 
-    python -m supersizeme.evaluate --model models/rdn-C3-D6-G32-G032-x2 --bicubic \\
+    python -m supersizeme.toolchain.evaluate --model models/rdn-C3-D6-G32-G032-x2 --bicubic \\
         --sets ../shared/datasets/benchmark/set5 ../shared/datasets/benchmark/set14 \\
         --json evaluation.json
 
 Each benchmark image is cropped to a multiple of the scale and bicubic-downscaled
-(``supersizeme.protocol``); the low-resolution image is then sent, as PNG bytes, through
+(``degradation``); the low-resolution image is then sent, as PNG bytes, through
 ``pipeline.supersize`` exactly as the HTTP endpoint sends an upload, and the PNG that
 comes back is scored with PSNR and SSIM on the shaved BT.601 Y channel
-(``supersizeme.metrics``). The bicubic baseline goes through the same PNG-in, PNG-out
+(``supersizeme.toolchain.quality``). The bicubic baseline goes through the same PNG-in, PNG-out
 loop, so the two rows differ only in the upscaler.
 
 Latency is the served time (decode, inference, encode) per megapixel of *input*,
@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 from PIL import Image
 
-from supersizeme.metrics import y_psnr_ssim
-from supersizeme.protocol import bicubic_upscale, hr_lr_pair
+from supersizeme.toolchain.degradation import bicubic_upscale, hr_lr_pair
+from supersizeme.toolchain.quality import y_psnr_ssim
 
 if TYPE_CHECKING:
-    from supersizeme.pipeline import Upscale
+    from supersizeme.service.pipeline import Upscale
 
 # PNG bytes of a low-resolution image -> PNG bytes of its enlargement: the served contract.
 UpscalePng = Callable[[bytes], bytes]
@@ -98,8 +98,8 @@ def bicubic_png(scale: int) -> UpscalePng:
 
 def served_png(upscaler: Upscale, scale: int) -> UpscalePng:
     """``pipeline.supersize`` with ``upscaler``, with size limits that admit any benchmark."""
-    from supersizeme.images import Limits
-    from supersizeme.pipeline import supersize
+    from supersizeme.service.images import Limits
+    from supersizeme.service.pipeline import supersize
 
     limits = Limits(max_pixels=1 << 40, min_side=1)
 
@@ -118,12 +118,12 @@ def load_served(
 ) -> tuple[UpscalePng, int]:
     """The served upscaler of a model folder as an ``UpscalePng``, and the model's scale."""
     from supersizeme.machine import cpu_count
-    from supersizeme.modelspec import ModelFolder
-    from supersizeme.predictor import LoadSettings, load
+    from supersizeme.service.upscaler import LoadSettings, open_upscaler
 
-    folder = ModelFolder.open(model_dir)
-    settings = LoadSettings(runtime, precision, tile, threads or cpu_count())
-    return served_png(load(folder, settings), folder.params.scale), folder.params.scale
+    upscaler = open_upscaler(
+        model_dir, LoadSettings(runtime, precision, tile, threads or cpu_count())
+    )
+    return served_png(upscaler, upscaler.scale), upscaler.scale
 
 
 def image_files(folder: str | Path) -> list[Path]:

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from supersizeme.images import Limits
 from supersizeme.machine import cpu_count
+from supersizeme.service.images import Limits
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "rdn-C3-D6-G32-G032-x2"
 
 MAX_BODY_BYTES = 5 * 1024 * 1024

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from supersizeme.tiling import Stop
+from supersizeme.service.tiling import Stop
 
 # How often a waiting request looks at its client and its deadline: a client that hangs up
 # gives its place back within this. Each look is one non-blocking socket peek per waiter.

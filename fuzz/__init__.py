@@ -1,0 +1,1 @@
+"""Fuzzing of the decode path, run from the repository root as `python -m fuzz.run`."""
