@@ -325,7 +325,7 @@ def query_choice(name: str) -> str:
 
 
 @bp.post("/supersizeme/", strict_slashes=False)
-def supersize() -> ResponseReturnValue:
+def upscale_image() -> ResponseReturnValue:
     # Everything that can refuse the request without its body comes first, so that a
     # refusal costs neither side the upload.
     wanted = upscale_request()
