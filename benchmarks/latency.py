@@ -42,20 +42,18 @@ def photo_like(width: int, height: int) -> bytes:
 def measure_one(
     model: str, size: str, repeat: int, precision: str, threads: int, tile: int, runtime: str
 ) -> dict:
-    from supersizeme.modelspec import ModelFolder
     from supersizeme.service.images import Limits
     from supersizeme.service.pipeline import supersize
-    from supersizeme.service.upscaler import LoadSettings, load
+    from supersizeme.service.upscaler import LoadSettings, open_upscaler
 
     width, height = (int(v) for v in size.split("x"))
-    folder = ModelFolder.open(model)
-    upscaler = load(folder, LoadSettings(runtime, precision, tile, threads))
+    upscaler = open_upscaler(model, LoadSettings(runtime, precision, tile, threads))
     data = photo_like(width, height)
     limits = Limits(max_pixels=width * height, min_side=1)
     seconds = []
     for _ in range(repeat):
         started = time.perf_counter()
-        supersize(data, upscaler, folder.params.scale, limits)
+        supersize(data, upscaler, upscaler.scale, limits)
         seconds.append(time.perf_counter() - started)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     median = statistics.median(seconds)

@@ -2,13 +2,10 @@ import threading
 import time
 
 import pytest
+from turns import hold_turn, soon
 
 from supersizeme.service.admission import WAIT_SLICE_SECONDS, InferenceGate, Overloaded
 from supersizeme.service.tiling import ClientGone, DeadlineExceeded, Stop
-
-
-def soon(seconds: float = 10) -> Stop:
-    return Stop(deadline=time.monotonic() + seconds)
 
 
 def has_room(gate: InferenceGate) -> bool:
@@ -18,20 +15,6 @@ def has_room(gate: InferenceGate) -> bool:
             return True
     except Overloaded:
         return False
-
-
-def hold_turn(gate: InferenceGate, release: threading.Event) -> threading.Thread:
-    entered = threading.Event()
-
-    def run() -> None:
-        with gate.turn(soon()):
-            entered.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    assert entered.wait(5)
-    return thread
 
 
 def test_full_waiting_room_refuses_at_once():

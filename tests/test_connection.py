@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from loopback import connected_pair
+from turns import hold_turn
 
 from supersizeme.service.admission import WAIT_SLICE_SECONDS, InferenceGate
 from supersizeme.service.connection import SOCKET_KEY, UploadClock, client_gone, client_watch
@@ -79,16 +80,8 @@ def test_a_connection_shared_by_http2_streams_is_left_alone(pair):
 
 def test_the_gate_lets_a_waiter_go_when_its_socket_closes(pair):
     client, server = pair
-    gate, release, entered = InferenceGate(max_waiting=1), threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with gate.turn(Stop()):
-            entered.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert entered.wait(5)
+    gate, release = InferenceGate(max_waiting=1), threading.Event()
+    holder = hold_turn(gate, release)
     threading.Timer(0.3, client.close).start()
     started = time.monotonic()
     with pytest.raises(ClientGone), gate.turn(Stop(client_gone=client_watch(http1(server)))):

@@ -13,17 +13,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from benchmarks.imagefactory import (
-    gradient,
-    jpeg,
-    jpeg_comment,
-    jpeg_segments,
-    jpeg_with_segments,
-    many_scan_jpeg,
-    png,
-    png_chunk,
-    png_with_chunks,
-)
+from benchmarks import imagefactory as factory
 from supersizeme.service.images import MAX_PNG_COMPRESSED_CHUNKS
 
 BODY_LIMIT = 5 * 1024 * 1024
@@ -40,7 +30,7 @@ def post(client, data: bytes, content_type: str):
 
 def test_a_progressive_jpeg_of_20000_scans_is_refused_within_a_second(client):
     # 252 KB that took Pillow 4.6 s to decode (benchmarks/decode-bounds.md).
-    data = many_scan_jpeg(AT_THE_CAP, 20_000)
+    data = factory.many_scan_jpeg(AT_THE_CAP, 20_000)
     assert len(data) < BODY_LIMIT
     response, seconds = post(client, data, "image/jpeg")
     assert response.status_code == 422, response.get_data(as_text=True)
@@ -50,35 +40,37 @@ def test_a_progressive_jpeg_of_20000_scans_is_refused_within_a_second(client):
 
 
 def test_a_normal_progressive_jpeg_is_upscaled(client):
-    data = jpeg(Image.fromarray(gradient(40, 30)), progressive=True)
-    assert sum(segment[1] == 0xDA for segment in jpeg_segments(data)) > 1
+    data = factory.jpeg(Image.fromarray(factory.gradient(40, 30)), progressive=True)
+    assert sum(segment[1] == 0xDA for segment in factory.jpeg_segments(data)) > 1
     response, _ = post(client, data, "image/jpeg")
     assert response.status_code == 200, response.get_data(as_text=True)
     assert Image.open(io.BytesIO(response.data)).size == (80, 60)
 
 
-SMALL_JPEG = jpeg(Image.fromarray(gradient(40, 30)))
-SMALL_PNG = png(Image.fromarray(gradient(40, 30)))
+SMALL_JPEG = factory.jpeg(Image.fromarray(factory.gradient(40, 30)))
+SMALL_PNG = factory.png(Image.fromarray(factory.gradient(40, 30)))
 REFUSALS = {
     "JPEG comments": (
-        jpeg_with_segments(SMALL_JPEG, *[jpeg_comment(b"")] * (BODY_LIMIT // 8)),
+        factory.jpeg_with_segments(SMALL_JPEG, *[factory.jpeg_comment(b"")] * (BODY_LIMIT // 8)),
         "image/jpeg",
         "too_many_segments",
     ),
     "JPEG fill bytes": (
-        jpeg_with_segments(SMALL_JPEG, b"\xff" * (BODY_LIMIT - len(SMALL_JPEG))),
+        factory.jpeg_with_segments(SMALL_JPEG, b"\xff" * (BODY_LIMIT - len(SMALL_JPEG))),
         "image/jpeg",
         "too_many_segments",
     ),
     "empty PNG chunks": (
-        png_with_chunks(SMALL_PNG, *[png_chunk(b"prIv", b"")] * (BODY_LIMIT // 12 - 100)),
+        factory.png_with_chunks(
+            SMALL_PNG, *[factory.png_chunk(b"prIv", b"")] * (BODY_LIMIT // 12 - 100)
+        ),
         "image/png",
         "too_many_segments",
     ),
     "PNG text bombs": (
-        png_with_chunks(
+        factory.png_with_chunks(
             SMALL_PNG,
-            *[png_chunk(b"zTXt", b"\0\0" + zlib.compress(bytes(2**20)))]
+            *[factory.png_chunk(b"zTXt", b"\0\0" + zlib.compress(bytes(2**20)))]
             * (MAX_PNG_COMPRESSED_CHUNKS + 1),
         ),
         "image/png",
