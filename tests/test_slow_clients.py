@@ -83,15 +83,15 @@ def wait_until_idle(port: int, seconds: float = 60) -> None:
 
 TILE = 128
 SIDE = 1000  # the abandoned uploads: 1 MP
-STREAMS, WAITING = 2, 2  # room for two images running and two waiting
+STREAMS, WAITING = 1, 2  # room for one image running and two waiting
 HANG_UP = 2.0  # seconds after which the abandoning clients close
 SPAN = tile_spans(SIDE, TILE)[0][1]  # the tiles' kept core (125)
 
 
 @pytest.fixture(scope="module")
 def shipped_worker(shipped_model_dir, tmp_path_factory):
-    """One worker with the shipped model in small tiles, room for two images running (a
-    stream each) and two waiting, and threads to spare for the clients of these tests."""
+    """One worker with the shipped model in small tiles, room for STREAMS images running
+    and WAITING waiting, and threads to spare for the clients of these tests."""
     log = tmp_path_factory.mktemp("gunicorn") / "server.log"
     env = {
         "SSM_TILE": str(TILE),
@@ -110,7 +110,7 @@ def seconds_per_tile(port: int) -> float:
     """One tile's inference time, measured now on 3 x 3 tiles of every shape that the 1 MP
     uploads are cut into (the same core, with context on 0, 1 or 2 sides), which also
     prepares the runtime for each of those shapes. Alone, the image's tiles run a stream
-    each, so the nine take five rounds of two."""
+    each, so the nine take ceil(9 / STREAMS) rounds."""
     spans = tile_spans(3 * SPAN, TILE)
     assert [end - start for start, end in spans] == [SPAN] * 3
     started = time.monotonic()
@@ -133,9 +133,9 @@ def test_clients_that_hang_up_free_the_worker_within_a_tile(shipped_worker):
     wait_until_idle(port)
     pid = worker_pid(port)
     tile = seconds_per_tile(port)
-    # Five 1 MP uploads (dozens of tiles each), hung up on after two seconds (time for every
-    # one to be read and decoded on a busy machine): two run, two wait, the fifth finds the
-    # room full. Without stopping, the worker would stay busy with four whole images and turn
+    # 1 MP uploads (dozens of tiles each), one more than the room holds, hung up on after two
+    # seconds (time for every one to be read and decoded on a busy machine): the last finds
+    # the room full. Without stopping, the worker would stay busy with whole images and turn
     # the next upload away.
     count = STREAMS + WAITING + 1
     upload, names = picture(SIDE, SIDE), [f"abandoned-{index}" for index in range(count)]

@@ -74,7 +74,7 @@ def test_two_streams_give_what_one_gives(tiny_model_dir):
     folder = ModelFolder.open(tiny_model_dir)
     image = np.random.default_rng(0).random((150, 90, 3), dtype=np.float32)
     one = load(folder, LoadSettings(tile=1024, threads=1))
-    two = load(folder, LoadSettings(tile=1024, threads=2))
+    two = load(folder, LoadSettings(tile=1024, threads=2, streams=2))
     assert (one.streams, two.streams) == (1, 2)
     np.testing.assert_allclose(two(image), one(image), atol=1e-5)  # two(image): cut in two
 
