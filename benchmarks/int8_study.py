@@ -22,7 +22,6 @@ round-robin in the same loop, so that a change in the machine's load hits them a
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import statistics
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from benchmarks.arguments import benchmark_parser
 from supersizeme import machine
 from supersizeme.toolchain import degradation, evaluate
 from supersizeme.toolchain.quality import psnr, rgb_to_y, shave
@@ -411,10 +411,7 @@ def meets_bar(v: Variant, base: Variant, sets: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="models/rdn-C3-D6-G32-G032-x2")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--train", default="../shared/datasets/train")
     parser.add_argument(
         "--sets",
@@ -443,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = uptime()
     print(f"machine: {machine_line()}\nload before: {load_before}", file=sys.stderr)
     core = ov.Core()
-    folder = Path(args.model)
+    folder = args.model
     fp32 = core.read_model(folder / "openvino" / "model.xml")
     spec = json.loads((folder / "model.json").read_text())
     labels = layer_labels(fp32, spec["D"], spec["C"])

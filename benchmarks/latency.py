@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.arguments import benchmark_parser
 from supersizeme.machine import cpu_count, hardware
 from supersizeme.service.config import REPO_ROOT
 from supersizeme.service.runtime import RUNTIMES
@@ -40,20 +41,21 @@ def photo_like(width: int, height: int) -> bytes:
 
 
 def measure_one(
-    model: str, size: str, repeat: int, precision: str, threads: int, tile: int, runtime: str
+    model: Path, size: str, repeat: int, precision: str, threads: int, tile: int, runtime: str
 ) -> dict:
     from supersizeme.service.images import Limits
-    from supersizeme.service.pipeline import supersize
+    from supersizeme.service.pipeline import Output, supersize
     from supersizeme.service.upscaler import LoadSettings, open_upscaler
 
     width, height = (int(v) for v in size.split("x"))
     upscaler = open_upscaler(model, LoadSettings(runtime, precision, tile, threads))
     data = photo_like(width, height)
     limits = Limits(max_pixels=width * height, min_side=1)
+    output = Output(upscaler.scale)
     seconds = []
     for _ in range(repeat):
         started = time.perf_counter()
-        supersize(data, upscaler, upscaler.scale, limits)
+        supersize(data, upscaler, output, limits)
         seconds.append(time.perf_counter() - started)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     median = statistics.median(seconds)
@@ -69,10 +71,7 @@ def measure_one(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", required=True)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--sizes", nargs="+", default=["256x256", "1024x768"])
     parser.add_argument("--precision", nargs="+", default=["float32"])
     parser.add_argument("--repeat", type=int, default=3)
@@ -103,7 +102,7 @@ def main() -> None:
                 "benchmarks.latency",
                 "--child",
                 "--model",
-                args.model,
+                str(args.model),
                 "--sizes",
                 size,
                 "--precision",
@@ -122,7 +121,7 @@ def main() -> None:
             ).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
     print(
-        f"Machine: {hardware()}; model {Path(args.model).name}; "
+        f"Machine: {hardware()}; model {args.model.name}; "
         f"{args.runtime}, {args.threads} thread(s); tile {args.tile}; median of {args.repeat} runs "
         "of the whole served path (decode, RDN, encode)\n"
     )

@@ -20,7 +20,6 @@ current benchmarks/memory.json, without running the soak again.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import io
 import json
@@ -39,10 +38,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.arguments import benchmark_parser
 from benchmarks.gunicorn_server import running_gunicorn, worker_pids
 from benchmarks.latency import photo_like
 from supersizeme.machine import cpu_count, hardware
-from supersizeme.service.config import DEFAULT_MODEL, REPO_ROOT, default_workers, env
+from supersizeme.service.config import default_workers, env
 
 HERE = Path(__file__).resolve().parent
 
@@ -391,10 +391,7 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", type=Path, default=REPO_ROOT / "models" / DEFAULT_MODEL)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument(

@@ -22,7 +22,6 @@ Writes benchmarks/memory.md and benchmarks/memory.json (read by benchmarks/load.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import io
 import json
@@ -45,12 +44,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.arguments import benchmark_parser
 from benchmarks.decode_bounds import accepted_files
 from benchmarks.latency import photo_like
 from front.serve import die_with_parent
 from supersizeme.machine import hardware
 from supersizeme.service import config as settings
-from supersizeme.service.config import DEFAULT_MODEL, MAX_BODY_BYTES, REPO_ROOT
+from supersizeme.service.config import MAX_BODY_BYTES, REPO_ROOT
 from supersizeme.service.images import Limits
 
 HERE = Path(__file__).resolve().parent
@@ -84,6 +84,8 @@ FRONT_ROLES = ("nginx master", "nginx worker", "launcher")
 
 @dataclass(frozen=True)
 class Upload:
+    """One image as the benchmark posts it, and the scale it asks for."""
+
     label: str
     data: bytes
     content_type: str
@@ -475,10 +477,7 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", type=Path, default=REPO_ROOT / "models" / DEFAULT_MODEL)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--repeat", type=int, default=2, help="passes over the scenarios")
     parser.add_argument("--out", type=Path, default=HERE / "memory", help="writes OUT.md, OUT.json")
     args = parser.parse_args()

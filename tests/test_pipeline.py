@@ -15,7 +15,7 @@ from PIL import Image
 from benchmarks.imagefactory import gradient, grey_profile, jpeg, png, reopened
 from supersizeme.service.errors import Refused
 from supersizeme.service.images import Limits
-from supersizeme.service.pipeline import Timings, output_name, progressive, supersize, upscale_alpha
+from supersizeme.service.pipeline import Output, Timings, progressive, supersize, upscale_alpha
 from supersizeme.service.tiling import ClientGone, Stop, TiledUpscaler
 
 
@@ -47,7 +47,7 @@ def with_transparency(image: Image.Image) -> Image.Image:
 @pytest.mark.parametrize("image_format", ["png", "webp", "jpeg"])
 def test_each_scale_and_format_gives_the_right_size_and_format(scale, image_format):
     network = NearestX2()
-    data, timings = supersize(png(photo()), network, scale, Limits(), image_format=image_format)
+    data, timings = supersize(png(photo()), network, Output(scale, image_format), Limits())
     result = reopened(data)
     assert result.format == {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}[image_format]
     assert result.size == (20 * scale, 12 * scale)
@@ -99,7 +99,7 @@ def test_alpha_goes_to_the_final_size_in_one_bicubic_resize():
 def test_x4_keeps_transparency_in_png_and_webp():
     for image_format in ("png", "webp"):
         data, _ = supersize(
-            png(with_transparency(photo())), NearestX2(), 4, Limits(), image_format=image_format
+            png(with_transparency(photo())), NearestX2(), Output(4, image_format), Limits()
         )
         result = np.asarray(reopened(data))
         assert result.shape == (48, 80, 4)
@@ -110,7 +110,7 @@ def test_x4_keeps_transparency_in_png_and_webp():
 def test_transparency_and_jpeg_is_refused_before_the_network_runs():
     network = NearestX2()
     with pytest.raises(Refused) as caught:
-        supersize(png(with_transparency(photo())), network, 2, Limits(), image_format="jpeg")
+        supersize(png(with_transparency(photo())), network, Output(2, "jpeg"), Limits())
     error = caught.value
     assert error.code == "format_cannot_carry_alpha"
     assert "png or webp" in error.message
@@ -118,7 +118,7 @@ def test_transparency_and_jpeg_is_refused_before_the_network_runs():
 
 
 def test_an_opaque_alpha_channel_is_dropped_for_jpeg():
-    data, _ = supersize(png(photo("RGBA")), NearestX2(), 2, Limits(), image_format="jpeg")
+    data, _ = supersize(png(photo("RGBA")), NearestX2(), Output(2, "jpeg"), Limits())
     assert reopened(data).mode == "RGB"
 
 
@@ -126,9 +126,9 @@ def test_x4_pixel_cap_is_a_fifth_and_named_in_the_refusal():
     network = NearestX2()
     data = png(photo(size=(40, 30)))  # 1,200 pixels
     limits = Limits(max_pixels=5_000)
-    assert len(supersize(data, network, 2, limits)[0]) > 0
+    assert len(supersize(data, network, Output(2), limits)[0]) > 0
     with pytest.raises(Refused) as caught:
-        supersize(data, network, 4, limits)
+        supersize(data, network, Output(4), limits)
     error = caught.value
     assert error.code == "too_many_pixels"
     assert "x4" in error.message and "1,000" in error.message and "5,000" in error.message
@@ -139,21 +139,21 @@ def test_output_too_wide_for_webp_is_refused_before_the_network_runs():
     network = NearestX2()
     data = png(photo(size=(4100, 8)))
     with pytest.raises(Refused) as caught:
-        supersize(data, network, 4, Limits(), image_format="webp")
+        supersize(data, network, Output(4, "webp"), Limits())
     assert caught.value.code == "too_large_for_format"
     assert "16,383" in caught.value.message and "16400x32" in caught.value.message
     assert network.calls == []
-    assert reopened(supersize(data, network, 4, Limits())[0]).size == (16400, 32)
+    assert reopened(supersize(data, network, Output(4), Limits())[0]).size == (16400, 32)
 
 
 def test_grey_jpeg_stays_grey_and_keeps_its_profile():
     data = jpeg(photo("L"), icc_profile=grey_profile())
-    result = reopened(supersize(data, NearestX2(), 4, Limits(), image_format="jpeg")[0])
+    result = reopened(supersize(data, NearestX2(), Output(4, "jpeg"), Limits())[0])
     assert result.mode == "L" and result.info["icc_profile"] == grey_profile()
 
 
-def test_output_name():
-    assert output_name("holiday", 4, "webp") == "holiday-x4.webp"
+def test_output_file_name():
+    assert Output(4, "webp").file_name("holiday") == "holiday-x4.webp"
 
 
 def test_server_timing_lists_the_four_stages():
@@ -161,3 +161,13 @@ def test_server_timing_lists_the_four_stages():
     assert timings.server_timing() == (
         "decode;dur=1.0, queue;dur=0.4, inference;dur=2500.0, encode;dur=250.0"
     )
+
+
+def test_a_stage_that_fails_records_no_time():
+    timings = Timings()
+    with timings.measure("encode"):
+        time.sleep(0.001)
+    assert timings.encode >= 0.001
+    with pytest.raises(RuntimeError), timings.measure("inference"):
+        raise RuntimeError("network failed")
+    assert timings.inference == 0.0

@@ -83,7 +83,7 @@ def wait_until_idle(port: int, seconds: float = 60) -> None:
 
 TILE = 128
 SIDE = 1000  # the abandoned uploads: 1 MP
-STREAMS, WAITING = 1, 2  # room for one image running and two waiting
+STREAMS, WAITING = 2, 2  # room for two images running (a stream each) and two waiting
 HANG_UP = 2.0  # seconds after which the abandoning clients close
 SPAN = tile_spans(SIDE, TILE)[0][1]  # the tiles' kept core (125)
 

@@ -24,7 +24,7 @@ from supersizeme.service.admission import InferenceGate, Overloaded
 from supersizeme.service.connection import UploadClock, client_watch
 from supersizeme.service.errors import Refused
 from supersizeme.service.images import FORMATS, OUTPUT_FORMATS, Limits
-from supersizeme.service.pipeline import SCALES, Timings, decode_for, output_name, upscale_decoded
+from supersizeme.service.pipeline import SCALES, Output, Timings, decode_for, upscale_decoded
 from supersizeme.service.telemetry import RequestRecord, Telemetry
 from supersizeme.service.tiling import ClientGone, DeadlineExceeded, Stop
 from supersizeme.service.upscaler import ModelSlot
@@ -72,11 +72,7 @@ HTTP_STATUS = {
 
 
 def error_response(
-    status: int,
-    code: str,
-    message: str,
-    retry_after: int | None = None,
-    extra: dict[str, Any] | None = None,
+    status: int, code: str, message: str, extra: dict[str, Any] | None = None
 ) -> Response:
     """The JSON error body; ``extra`` adds fields such as ``allowed`` for a bad parameter."""
     response = jsonify(
@@ -85,8 +81,6 @@ def error_response(
     response.status_code = status
     # The request's log line and the refusal counter read the code from here.
     g.error_code = code
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(retry_after)
     return response
 
 
@@ -140,9 +134,10 @@ def end_request(_error: BaseException | None) -> None:
 def handle_refused(error: Refused) -> Response:
     if error.__cause__ is not None:
         g.error_detail = repr(error.__cause__)  # the decoder's words, for the log line only
-    return error_response(
-        HTTP_STATUS[error.code], error.code, error.message, error.retry_after, error.extra
-    )
+    response = error_response(HTTP_STATUS[error.code], error.code, error.message, error.extra)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
 
 
 @bp.app_errorhandler(HTTPException)
@@ -277,8 +272,7 @@ class UpscaleRequest:
     refuse the image.
     """
 
-    scale: int
-    image_format: str
+    output: Output
     limits: Limits  # at x2; decode_for shrinks the pixel cap for larger scales
     deadline_seconds: float
 
@@ -288,11 +282,10 @@ def upscale_request() -> UpscaleRequest:
 
     Made before the body is read, so that a bad query costs neither side the upload.
     """
-    scale, image_format = requested_output()
-    return UpscaleRequest(scale, image_format, limits(), current_app.config["DEADLINE_SECONDS"])
+    return UpscaleRequest(requested_output(), limits(), current_app.config["DEADLINE_SECONDS"])
 
 
-def requested_output() -> tuple[int, str]:
+def requested_output() -> Output:
     """The scale and format asked for in the query string.
 
     Values are matched exactly (no case folding, no aliases such as jpg) so that one
@@ -309,7 +302,7 @@ def requested_output() -> tuple[int, str]:
                 "invalid_parameter",
                 f"Unknown query parameter{shown}; this endpoint takes {accepted}.",
             )
-    return int(query_choice("scale")), query_choice("format")
+    return Output(int(query_choice("scale")), query_choice("format"))
 
 
 def query_choice(name: str) -> str:
@@ -351,22 +344,20 @@ def upscale_upload(
     data = read_upload()
     stop = Stop(time.monotonic() + wanted.deadline_seconds, client_watch(request.environ))
     timings = g.timings = Timings()
-    image = decode_for(data, wanted.limits, wanted.scale, wanted.image_format, timings)
+    image = decode_for(data, wanted.limits, wanted.output, timings)
     g.image_size = (image.width, image.height)
     waiting = time.perf_counter()
     try:
         with gate.turn(stop) as lanes:
             timings.queue = time.perf_counter() - waiting
             upscale = functools.partial(model.served, lanes=lanes)
-            encoded = upscale_decoded(
-                image, upscale, wanted.scale, stop, timings, wanted.image_format
-            )
+            encoded = upscale_decoded(image, upscale, wanted.output, stop, timings)
     except DeadlineExceeded:
         raise deadline_passed() from None
     except ClientGone:
         return client_closed()
-    response = Response(encoded, mimetype=OUTPUT_FORMATS[wanted.image_format].mimetype)
-    name = output_name("supersized", wanted.scale, wanted.image_format)
+    response = Response(encoded, mimetype=OUTPUT_FORMATS[wanted.output.image_format].mimetype)
+    name = wanted.output.file_name("supersized")
     response.headers["Content-Disposition"] = f'inline; filename="{name}"'
     response.headers["Server-Timing"] = timings.server_timing()
     return response

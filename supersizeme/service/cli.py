@@ -24,7 +24,7 @@ from supersizeme.machine import cpu_count
 from supersizeme.service import config as settings
 from supersizeme.service.errors import Refused
 from supersizeme.service.images import FORMATS, Limits
-from supersizeme.service.pipeline import SCALES, Upscale, output_name, supersize
+from supersizeme.service.pipeline import SCALES, Output, Upscale, supersize
 from supersizeme.service.runtime import PRECISIONS, RUNTIMES
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -116,9 +116,7 @@ def files_under(root: Path, skip: Path, failures: list[Failure]) -> Iterator[Pat
         yield from (here / name for name in sorted(files) if not is_hidden(here / name))
 
 
-def plan(
-    paths: Iterable[Path], out: Path, scale: int, image_format: str
-) -> tuple[list[Job], list[Failure]]:
+def plan(paths: Iterable[Path], out: Path, output: Output) -> tuple[list[Job], list[Failure]]:
     """What to write where, and the paths that cannot even be tried."""
     jobs: list[Job] = []
     failures: list[Failure] = []
@@ -126,10 +124,10 @@ def plan(
         if path.is_dir():
             for source in files_under(path, out.resolve(), failures):
                 relative = source.relative_to(path).parent
-                target = out / relative / output_name(source.stem, scale, image_format)
+                target = out / relative / output.file_name(source.stem)
                 jobs.append(Job(source, target))
         elif path.is_file():
-            jobs.append(Job(path, out / output_name(path.stem, scale, image_format)))
+            jobs.append(Job(path, out / output.file_name(path.stem)))
         elif path.exists():
             kind = kind_of(path.stat().st_mode)
             failures.append(Failure(path, "not_a_file", f"{kind}, neither a file nor a folder"))
@@ -162,13 +160,13 @@ def plan(
     return kept, failures
 
 
-def attempt(job: Job, upscale: Upscale, limits: Limits, args: argparse.Namespace) -> Failure | None:
+def attempt(job: Job, upscale: Upscale, limits: Limits, output: Output) -> Failure | None:
     """Upscale one file; what went wrong, if anything, instead of an exception.
 
     A Refused, whether from the served path or about the file itself, keeps its code.
     """
     try:
-        upscale_file(job, upscale, limits, args)
+        upscale_file(job, upscale, limits, output)
     except Refused as exc:
         return Failure(job.source, exc.code, exc.message)
     except Exception as exc:
@@ -177,12 +175,12 @@ def attempt(job: Job, upscale: Upscale, limits: Limits, args: argparse.Namespace
     return None
 
 
-def upscale_file(job: Job, upscale: Upscale, limits: Limits, args: argparse.Namespace) -> None:
+def upscale_file(job: Job, upscale: Upscale, limits: Limits, output: Output) -> None:
     data = read_regular_file(job.source)
     if not data:
         raise Refused("empty_file", "the file is empty")
     try:
-        encoded, _ = supersize(data, upscale, args.scale, limits, image_format=args.image_format)
+        encoded, _ = supersize(data, upscale, output, limits)
     except MemoryError:
         raise Refused("out_of_memory", "not enough memory for this image") from None
     try:
@@ -265,7 +263,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         print(f"error: --out {args.out} exists and is not a folder", file=sys.stderr)
         return EXIT_USAGE
-    jobs, failures = plan(args.paths, args.out, args.scale, args.image_format)
+    output = Output(args.scale, args.image_format)
+    jobs, failures = plan(args.paths, args.out, output)
     for failure in failures:
         print(failure, file=sys.stderr)
     written = 0
@@ -278,7 +277,7 @@ def run_upscale(args: argparse.Namespace) -> int:
         limits = Limits(max_pixels=args.max_pixels, min_side=args.min_side)
         with tqdm(jobs, unit="image", file=sys.stderr, dynamic_ncols=True) as progress:
             for job in progress:
-                failure = attempt(job, upscale, limits, args)
+                failure = attempt(job, upscale, limits, output)
                 if failure is None:
                     written += 1
                 else:

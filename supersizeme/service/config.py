@@ -50,10 +50,8 @@ def from_environment() -> dict[str, Any]:
         "PRECISION": env("SSM_PRECISION", "auto"),
         "TILE": env("SSM_TILE", 512, int),
         "THREADS": env("SSM_THREADS", max(1, cpu_count() // workers), int),
-        # Tiles computed at once, sharing the threads; 0: one per thread (OpenVINO). One by
-        # default: with two, a worker has been seen to hang at start-up, now and then
-        # (docs/performance.md).
-        "STREAMS": env("SSM_STREAMS", 1, int),
+        # Tiles computed at once, sharing the threads; 0: one per thread (OpenVINO).
+        "STREAMS": env("SSM_STREAMS", 0, int),
         "MAX_BODY_BYTES": env("SSM_MAX_BODY_BYTES", MAX_BODY_BYTES, int),
         "MAX_PIXELS": env("SSM_MAX_PIXELS", Limits.max_pixels, int),
         # An operator's cap is kept as set; the default one is lowered at start-up on a

@@ -130,7 +130,17 @@ _UPRIGHT = {
 # at level 9: the 1.7 s that level 6 adds to every such request outweighs sending its 11%
 # fewer bytes on any link faster than about 4 Mbit/s. Level 1 saves another 0.3 s for 7%
 # more bytes. Clients that count bytes can ask for webp.
-_PNG_COMPRESS_LEVEL = 3
+_PNG_OPTIONS: dict[str, object] = {"compress_level": 3}
+# Lossless, and exact: keep the colour under fully transparent pixels, which libwebp would
+# otherwise overwrite to save bytes. Effort is libwebp's -z 1 preset (quality 20, method 1):
+# on 8 MP photo-like results (benchmarks/encode.md) it took 1.1 s of CPU for 5.6 MB, 38%
+# smaller than PNG level 3, where Pillow's default (quality 80, method 4) took 6.1 s to save
+# another 4%. Method 0 took 0.4 s but its files were hardly smaller than PNG level 6's,
+# which is not why clients ask for webp.
+_WEBP_OPTIONS: dict[str, object] = {"lossless": True, "exact": True, "quality": 20, "method": 1}
+# Quality 95 with 4:4:4 chroma: an upscaler's output is all fine detail, which Pillow's
+# default 4:2:0 would halve in colour.
+_JPEG_OPTIONS: dict[str, object] = {"quality": 95, "subsampling": 0}
 
 
 @dataclass(frozen=True)
@@ -138,56 +148,27 @@ class OutputFormat:
     """What one output format can hold, and how Pillow is asked to write it."""
 
     name: str  # as the API and the CLI spell it, also the file extension
-    pillow_name: str
-    mimetype: str
-    grey: bool  # has a one-channel grey mode
-    alpha: bool
-    sixteen_bit: bool  # can hold 16-bit grey
     max_side: int
     options: dict[str, object]
+    grey: bool = False  # has a one-channel grey mode
+    alpha: bool = False
+    sixteen_bit: bool = False  # can hold 16-bit grey
+
+    @property
+    def pillow_name(self) -> str:
+        return self.name.upper()
+
+    @property
+    def mimetype(self) -> str:
+        return f"image/{self.name}"
 
 
 OUTPUT_FORMATS = {
     f.name: f
     for f in (
-        OutputFormat(
-            name="png",
-            pillow_name="PNG",
-            mimetype="image/png",
-            grey=True,
-            alpha=True,
-            sixteen_bit=True,
-            max_side=2**31 - 1,
-            options={"compress_level": _PNG_COMPRESS_LEVEL},
-        ),
-        # Lossless, and exact: keep the colour under fully transparent pixels, which
-        # libwebp would otherwise overwrite to save bytes. Effort is libwebp's -z 1 preset
-        # (quality 20, method 1): on 8 MP photo-like results (benchmarks/encode.md) it took
-        # 1.1 s of CPU for 5.6 MB, 38% smaller than PNG level 3, where Pillow's default
-        # (quality 80, method 4) took 6.1 s to save another 4%. Method 0 took 0.4 s but its
-        # files were hardly smaller than PNG level 6's, which is not why clients ask for webp.
-        OutputFormat(
-            name="webp",
-            pillow_name="WEBP",
-            mimetype="image/webp",
-            grey=False,
-            alpha=True,
-            sixteen_bit=False,
-            max_side=16383,
-            options={"lossless": True, "exact": True, "quality": 20, "method": 1},
-        ),
-        # Quality 95 with 4:4:4 chroma: an upscaler's output is all fine detail, which
-        # Pillow's default 4:2:0 would halve in colour.
-        OutputFormat(
-            name="jpeg",
-            pillow_name="JPEG",
-            mimetype="image/jpeg",
-            grey=True,
-            alpha=False,
-            sixteen_bit=False,
-            max_side=65500,
-            options={"quality": 95, "subsampling": 0},
-        ),
+        OutputFormat("png", 2**31 - 1, _PNG_OPTIONS, grey=True, alpha=True, sixteen_bit=True),
+        OutputFormat("webp", 16383, _WEBP_OPTIONS, alpha=True),
+        OutputFormat("jpeg", 65500, _JPEG_OPTIONS, grey=True),
     )
 }
 FORMATS = tuple(OUTPUT_FORMATS)

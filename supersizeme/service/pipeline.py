@@ -8,7 +8,8 @@ exactly what users get.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -35,10 +36,24 @@ class Timings:
         """The value of a ``Server-Timing`` header, in milliseconds."""
         return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in vars(self).items())
 
+    @contextmanager
+    def measure(self, stage: str) -> Iterator[None]:
+        """Record the seconds the block takes as ``stage``; a block that raises records none."""
+        started = time.perf_counter()
+        yield
+        setattr(self, stage, time.perf_counter() - started)
 
-def output_name(stem: str, scale: int, image_format: str) -> str:
-    """The file name of a result, e.g. ``photo-x4.webp``."""
-    return f"{stem}-x{scale}.{image_format}"
+
+@dataclass(frozen=True)
+class Output:
+    """The result asked for: how many times larger, and in which format."""
+
+    scale: int = 2
+    image_format: str = "png"
+
+    def file_name(self, stem: str) -> str:
+        """The file name of a result, e.g. ``photo-x4.webp``."""
+        return f"{stem}-x{self.scale}.{self.image_format}"
 
 
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
@@ -71,55 +86,39 @@ def progressive(rgb: np.ndarray, upscale: Upscale, scale: int, stop: Stop | None
     return rgb
 
 
-def decode_for(
-    data: bytes, limits: Limits, scale: int, image_format: str, timings: Timings
-) -> DecodedImage:
-    """Decode and validate ``data`` for an x``scale`` result in ``image_format``.
+def decode_for(data: bytes, limits: Limits, output: Output, timings: Timings) -> DecodedImage:
+    """Decode and validate ``data`` for the ``output`` asked for.
 
     ``limits`` are the x2 limits; the pixel cap shrinks for larger scales. Everything
     that would refuse the image happens here, before any inference is spent on it.
     """
-    started = time.perf_counter()
-    image = decode(data, replace(limits, scale=scale))
-    check_encodable(image, scale, image_format)
-    timings.decode = time.perf_counter() - started
+    with timings.measure("decode"):
+        image = decode(data, replace(limits, scale=output.scale))
+        check_encodable(image, output.scale, output.image_format)
     return image
 
 
 def upscale_decoded(
-    image: DecodedImage,
-    upscale: Upscale,
-    scale: int,
-    stop: Stop | None,
-    timings: Timings,
-    image_format: str = "png",
+    image: DecodedImage, upscale: Upscale, output: Output, stop: Stop | None, timings: Timings
 ) -> bytes:
-    started = time.perf_counter()
-    rgb = progressive(image.rgb, upscale, scale, stop)
-    alpha = upscale_alpha(image.alpha, scale) if image.alpha is not None else None
-    timings.inference = time.perf_counter() - started
-    started = time.perf_counter()
-    encoded = encode(
-        rgb,
-        alpha,
-        grayscale=image.grayscale,
-        sixteen_bit=image.sixteen_bit,
-        icc_profile=image.icc_profile,
-        image_format=image_format,
-    )
-    timings.encode = time.perf_counter() - started
-    return encoded
+    with timings.measure("inference"):
+        rgb = progressive(image.rgb, upscale, output.scale, stop)
+        alpha = upscale_alpha(image.alpha, output.scale) if image.alpha is not None else None
+    with timings.measure("encode"):
+        return encode(
+            rgb,
+            alpha,
+            grayscale=image.grayscale,
+            sixteen_bit=image.sixteen_bit,
+            icc_profile=image.icc_profile,
+            image_format=output.image_format,
+        )
 
 
 def supersize(
-    data: bytes,
-    upscale: Upscale,
-    scale: int,
-    limits: Limits,
-    stop: Stop | None = None,
-    image_format: str = "png",
+    data: bytes, upscale: Upscale, output: Output, limits: Limits, stop: Stop | None = None
 ) -> tuple[bytes, Timings]:
-    """Decode and validate ``data``, upscale it ``scale`` times, and encode the result."""
+    """Decode and validate ``data``, upscale and encode it as ``output`` asks."""
     timings = Timings()
-    image = decode_for(data, limits, scale, image_format, timings)
-    return upscale_decoded(image, upscale, scale, stop, timings, image_format), timings
+    image = decode_for(data, limits, output, timings)
+    return upscale_decoded(image, upscale, output, stop, timings), timings

@@ -107,6 +107,13 @@ def tile_boxes(height: int, width: int, tile: int, lanes: int = 1, min_cut: int 
 
 @dataclass(frozen=True)
 class TiledUpscaler:
+    """An image upscaled tile by tile by ``network``, which makes each side ``scale`` times
+    larger.
+
+    Tiles are ``tile`` pixels on a side, each cut with ``overlap`` pixels of context on
+    every side that has neighbours, so that no seam shows between them.
+    """
+
     network: Network
     scale: int
     overlap: int

@@ -46,7 +46,7 @@ class LoadSettings:
     precision: str = "auto"
     tile: int = 512
     threads: int = 1
-    streams: int = 1  # tiles computed at once; 0: one per thread (runtime.stream_count)
+    streams: int = 0  # tiles computed at once; 0: one per thread (runtime.stream_count)
 
     @property
     def tiles_at_once(self) -> int:

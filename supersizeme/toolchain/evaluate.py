@@ -99,12 +99,13 @@ def bicubic_png(scale: int) -> UpscalePng:
 def served_png(upscaler: Upscale, scale: int) -> UpscalePng:
     """``pipeline.supersize`` with ``upscaler``, with size limits that admit any benchmark."""
     from supersizeme.service.images import Limits
-    from supersizeme.service.pipeline import supersize
+    from supersizeme.service.pipeline import Output, supersize
 
+    output = Output(scale)
     limits = Limits(max_pixels=1 << 40, min_side=1)
 
     def upscale(data: bytes) -> bytes:
-        return supersize(data, upscaler, scale, limits)[0]
+        return supersize(data, upscaler, output, limits)[0]
 
     return upscale
 
