@@ -190,3 +190,21 @@ def test_two_streams_first_tiles_at_once_do_not_deadlock(tiny_model_dir):
             )
         except subprocess.TimeoutExpired:
             pytest.fail(f"fresh process {attempt + 1} did not finish its first two tiles")
+
+
+def test_split_concatenations_computes_what_the_joined_network_does(tiny_model_dir):
+    """Each convolution of joined features becomes a sum of convolutions over the parts:
+    no Concat is left, and the output is the exported network's within float32 rounding."""
+    import openvino
+
+    from supersizeme.service.runtime import compile_openvino
+
+    path = ModelFolder.open(tiny_model_dir).openvino_model()
+    exported = openvino.Core().read_model(path)
+    assert "Concat" in {op.get_type_name() for op in exported.get_ordered_ops()}
+    joined = openvino.Core().compile_model(exported, "CPU").create_infer_request()
+    model = openvino.Core().read_model(path)
+    split = compile_openvino(model, "float32", threads=1)
+    assert "Concat" not in {op.get_type_name() for op in model.get_ordered_ops()}
+    tile = np.random.default_rng(0).random((1, 40, 56, 3), np.float32)
+    np.testing.assert_allclose(split.run(tile), joined.infer({0: tile})[0], atol=1e-5)

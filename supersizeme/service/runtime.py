@@ -1,8 +1,9 @@
 """The runtimes that run a model folder's network, and the precision each runs in.
 
 OpenVINO runs the network the server uses: it is derived from the Keras weights at export
-(``rdn.derive_openvino``) and reaches the cores' matmul peak where the TensorFlow graph
-reaches well under half of it (benchmarks/runtime.md). TensorFlow stays as the reference
+(``rdn.derive_openvino``), rewritten at load so that no features are copied into joins
+(``split_concatenations``), and comes near the cores' matmul peak where the TensorFlow
+graph reaches well under half of it (benchmarks/runtime.md). TensorFlow stays as the reference
 runtime that the tests compare the derived network against; only that runtime imports it.
 
 A network is a ``(1, h, w, 3) float32 -> (1, h * scale, w * scale, 3) float32`` callable
@@ -119,13 +120,57 @@ def _openvino(folder: ModelFolder, precision: str, threads: int, streams: int) -
     return compile_openvino(model, precision, threads, streams)
 
 
+def concatenated_inputs(source: Any) -> list[Any]:
+    """The outputs that a channel Concat (nested ones included) joins, in order; ``source``
+    itself if it is not one."""
+    node = source.get_node()
+    if node.get_type_name() != "Concat" or node.get_attributes()["axis"] != 1:
+        return [source]
+    return [part for i in node.inputs() for part in concatenated_inputs(i.get_source_output())]
+
+
+def split_concatenations(model: Any) -> Any:
+    """``model`` with every convolution of concatenated features turned into the sum of
+    one convolution per part, each with its slice of the weights; changed in place.
+
+    A residual dense block feeds each layer everything before it, joined along the
+    channels. OpenVINO's CPU plugin copies those growing joins for every layer, where the
+    sum it fuses into the convolutions (a sum post-op) costs next to nothing, so the
+    network computes the same (within float32 rounding) in less time (benchmarks/runtime.md).
+    """
+    import openvino.opset13 as ops
+
+    for conv in model.get_ordered_ops():
+        if conv.get_type_name() != "Convolution":
+            continue
+        parts = concatenated_inputs(conv.input(0).get_source_output())
+        if len(parts) == 1:
+            continue
+        weights = conv.input(1).get_source_output().get_node().get_data()
+        attributes = conv.get_attributes()
+        settings = [attributes[name] for name in ("strides", "pads_begin", "pads_end", "dilations")]
+        total, start = None, 0
+        for part in parts:
+            end = start + part.get_partial_shape()[1].get_length()
+            kernel = ops.constant(np.ascontiguousarray(weights[:, start:end]))
+            piece = ops.convolution(part, kernel, *settings, attributes["auto_pad"])
+            total = piece if total is None else ops.add(total, piece)
+            start = end
+        if start != weights.shape[1]:
+            raise ValueError(f"{conv.get_friendly_name()}: its parts do not fill its weights")
+        for target in list(conv.output(0).get_target_inputs()):
+            target.replace_source_output(total.output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
 def compile_openvino(model: Any, precision: str, threads: int, streams: int = 1) -> LoadedNetwork:
     """An OpenVINO model compiled for this CPU: ``streams`` tiles at once, sharing
-    ``threads`` cores between them."""
+    ``threads`` cores between them. ``model`` is changed (split_concatenations)."""
     import openvino
 
     compiled = openvino.Core().compile_model(
-        model,
+        split_concatenations(model),
         "CPU",
         {
             "PERFORMANCE_HINT": "LATENCY",
