@@ -188,8 +188,8 @@ def compile_openvino(model: Any, precision: str, threads: int, streams: int = 1)
     # The first Tensor.data of a process sets up pybind11's numpy bridge inside a C++
     # function-local static of OpenVINO's bindings. Two threads that get there at once
     # deadlock: one holds the static's guard and waits for the GIL, the other holds the
-    # GIL and waits for the guard (two streams' first tiles did, now and then, at warm-up).
-    # Done once here, on the loading thread, it is set up before ``run`` can be called.
+    # GIL and waits for the guard. The streams' first tiles at warm-up start together, so
+    # it is set up here, once, on the loading thread, before ``run`` can be called.
     _ = openvino.Tensor(np.zeros(1, np.float32)).data
     # One infer request per stream, each running one tile at a time: a caller takes a free
     # one, or waits for one, so any number of threads may call ``run``.
