@@ -1,11 +1,15 @@
-"""Latency and peak memory of the served path, per image size: the basis of the pixel cap.
+"""Latency and peak memory of the served path per image size, and how well the warm-up's
+speed estimate predicts it: the basis of the pixel cap.
 
-    python -m benchmarks.latency --model models/rdn-C3-D6-G32-G032-x2 \\
-        --sizes 256x256 1024x768 2000x2000 --repeat 3 [--precision float32 bfloat16]
+    python -m benchmarks.latency --sizes 1024x768 4032x3024 --repeat 3 \\
+        [--precision auto float32 bfloat16] [--out benchmarks/latency.md]
 
 Each size runs in a fresh process (so that its peak RSS is its own) with the worker's
-settings: the served runtime on every core, as gunicorn runs its one worker. Prints a
-Markdown table of medians with the machine named.
+settings: the served runtime on every core, as gunicorn runs its one worker, precision
+``auto`` unless told. Each row has the medians of decode, inference and encode, the
+inference seconds per input megapixel, and the worker's warm-up estimate of it
+(``seconds_per_megapixel`` in /supersizeme/model) with its error. Prints a Markdown table
+with the machine named.
 """
 
 from __future__ import annotations
@@ -52,33 +56,55 @@ def measure_one(
     data = photo_like(width, height)
     limits = Limits(max_pixels=width * height, min_side=1)
     output = Output(upscaler.scale)
-    seconds = []
+    runs = []
     for _ in range(repeat):
         started = time.perf_counter()
-        supersize(data, upscaler, output, limits)
-        seconds.append(time.perf_counter() - started)
+        _, timings = supersize(data, upscaler, output, limits)
+        runs.append({"total": time.perf_counter() - started, **vars(timings)})
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    median = statistics.median(seconds)
+    median = {stage: statistics.median(run[stage] for run in runs) for stage in runs[0]}
+    megapixels = width * height / 1e6
     return {
         "size": size,
-        "megapixels": width * height / 1e6,
+        "megapixels": megapixels,
         "runtime": upscaler.runtime,
         "precision": upscaler.precision,
         "median_s": median,
-        "s_per_mp": median / (width * height / 1e6),
+        "inference_s_per_mp": median["inference"] / megapixels,
+        "estimate_s_per_mp": upscaler.seconds_per_megapixel,
         "peak_rss_mib": peak_mib,
     }
 
 
+def table(rows: list[dict], heading: str) -> str:
+    lines = [
+        heading,
+        "",
+        "| input | MP | precision | total (s) | decode | inference | encode "
+        "| inference s per MP | warm-up estimate | estimate error | peak RSS (MiB) |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        median, measured = row["median_s"], row["inference_s_per_mp"]
+        lines.append(
+            f"| {row['size']} | {row['megapixels']:.2f} | {row['precision']} "
+            f"| {median['total']:.2f} | {median['decode']:.2f} | {median['inference']:.2f} "
+            f"| {median['encode']:.2f} | {measured:.2f} | {row['estimate_s_per_mp']:.2f} "
+            f"| {row['estimate_s_per_mp'] / measured - 1:+.0%} | {row['peak_rss_mib']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__)
-    parser.add_argument("--sizes", nargs="+", default=["256x256", "1024x768"])
-    parser.add_argument("--precision", nargs="+", default=["float32"])
+    parser.add_argument("--sizes", nargs="+", default=["1024x768", "4032x3024"])
+    parser.add_argument("--precision", nargs="+", default=["auto"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--runtime", choices=RUNTIMES, default="openvino")
     parser.add_argument("--threads", type=int, default=cpu_count(), help="inference threads")
     parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--json", help="write the rows here as JSON")
+    parser.add_argument("--out", help="also write the Markdown table here")
+    parser.add_argument("--json", help="also write the rows here as JSON")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -120,23 +146,18 @@ def main() -> None:
                 command, cwd=REPO_ROOT, capture_output=True, text=True, check=True
             ).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
-    print(
-        f"Machine: {hardware()}; model {args.model.name}; "
-        f"{args.runtime}, {args.threads} thread(s); tile {args.tile}; median of {args.repeat} runs "
-        "of the whole served path (decode, RDN, encode)\n"
+    heading = (
+        f"Machine: {hardware()}; model {args.model.name}; {args.runtime}, {args.threads} "
+        f"thread(s); tile {args.tile}; median of {args.repeat} runs of the whole served path "
+        "(PNG in, PNG out) after the worker's warm-up; seconds per stage. The estimate error "
+        "is the warm-up estimate against the measured inference seconds per input MP."
     )
-    print(
-        "| input | megapixels | precision | median latency (s) | s per input MP | peak RSS (MiB) |"
-    )
-    print("| --- | ---: | --- | ---: | ---: | ---: |")
-    for row in rows:
-        print(
-            f"| {row['size']} | {row['megapixels']:.2f} | {row['precision']} "
-            f"| {row['median_s']:.2f} | {row['s_per_mp']:.2f} | {row['peak_rss_mib']:.0f} |"
-        )
+    text = table(rows, heading)
+    print(text, end="")
+    if args.out:
+        Path(args.out).write_text(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": hardware(), "rows": rows}, indent=2))
-
 
 if __name__ == "__main__":
     main()

@@ -5,18 +5,24 @@
 
 One run on one machine, so that the ratios hold wherever the absolute times do not:
 
-1. the machine: CPU model, usable cores, the ISA flags that matter;
-2. the peak: float32 matmul (numpy, 2048 x 2048) GFLOP/s at one thread and at all threads;
+1. the machine: CPU model, usable cores, the ISA flags that matter, the host's kind;
+2. the peak of each precision, 2048 x 2048 matmul GFLOP/s at one thread and at all threads:
+   float32 in numpy, bfloat16 in OpenVINO (numpy has none), and float32 in OpenVINO beside
+   it, so that the two libraries can be compared;
 3. every runtime and precision available here (TensorFlow's graph, the same graph under
    XLA, OpenVINO; bfloat16 only on CPUs with native bfloat16), at one thread and at all:
    seconds per input megapixel on a 564 x 564 tile (a 512 tile with its overlap), the share
-   of the peak, and the Y-PSNR on Set5 through the served path; Pillow's bicubic for scale;
+   of its own precision's peak, and the Y-PSNR on Set5 through the served path; Pillow's
+   bicubic for scale;
 4. the service over HTTP, started by ``make serve``: a 512 x 512 PNG alone and four at
    once, against the shipped weights in a one-thread TensorFlow graph on the same image
    (the reference); a 1 MP JPEG alone and four at once.
 
 Every network row runs in a fresh process, since TensorFlow fixes its thread pools once per
 process. Times are medians of ``--repeat`` runs.
+
+``--out`` and ``--json`` keep one section per kind of host (AVX2, AVX-512 BF16, AMX): a run
+replaces its own kind's section and leaves the others', each headed by the machine it ran on.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from supersizeme.machine import (
     cpu_flags,
     cpu_model,
     hardware,
+    host_kind,
     native_bfloat16,
     reported_flags,
 )
@@ -97,6 +104,43 @@ def child_peak(threads: int) -> dict:
     a = np.random.default_rng(0).random((MATMUL_SIDE, MATMUL_SIDE), np.float32)
     seconds = median_seconds(lambda: a @ a, 5)
     return {"gflops": 2 * MATMUL_SIDE**3 / seconds / 1e9}
+
+
+def child_openvino_peak(precision: str, threads: int) -> dict:
+    """OpenVINO's matmul of two 2048 x 2048 matrices in ``precision``, compiled as the
+    served network is (one stream on ``threads`` threads, not pinned)."""
+    import openvino
+    import openvino.opset13 as ops
+
+    from supersizeme.service.runtime import OPENVINO_PRECISION
+
+    a = np.random.default_rng(0).random((MATMUL_SIDE, MATMUL_SIDE), np.float32)
+    x = ops.parameter([MATMUL_SIDE, MATMUL_SIDE], openvino.Type.f32)
+    model = openvino.Model([ops.matmul(x, ops.constant(a), False, False)], [x])
+    compiled = openvino.Core().compile_model(
+        model,
+        "CPU",
+        {
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "INFERENCE_NUM_THREADS": threads,
+            "ENABLE_CPU_PINNING": False,
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision],
+        },
+    )
+    request = compiled.create_infer_request()
+    seconds = median_seconds(lambda: request.infer({0: a}), 5)
+    computed = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return {
+        "gflops": 2 * MATMUL_SIDE**3 / seconds / 1e9,
+        "precision": "bfloat16" if computed == openvino.Type.bf16 else "float32",
+    }
+
+
+def measured_precisions(flags: frozenset[str]) -> list[str]:
+    """bfloat16 rows only where the CPU computes it natively: elsewhere it is emulated
+    (OpenVINO quietly runs float32), and its rows would measure nothing new."""
+    return ["float32", "bfloat16"] if native_bfloat16(flags) else ["float32"]
 
 
 def child_network(
@@ -288,21 +332,35 @@ def measure_service(port: int, command: list[str], layout: str, repeat: int) -> 
             process.wait()
 
 
+PEAKS = (
+    # (key, what the table calls it)
+    ("float32", "float32, numpy"),
+    ("bfloat16", "bfloat16, OpenVINO"),
+    ("openvino float32", "float32, OpenVINO"),
+)
+
+
 def report(results: dict) -> str:
-    peak1, peak_all = results["peak"]["1"], results["peak"]["all"]
+    """This run's section: headed by the host's kind and machine, shares against the peak
+    of each row's own precision."""
     cores = results["cores"]
+    peaks = results["peak"]
     lines = [
-        "# Runtime benchmark",
+        f"## {results['host_kind']} host: {results['machine']} ({results['date']})",
         "",
-        f"Machine: {results['machine']}; "
-        f"ISA flags detected: {', '.join(results['flags']) or 'none'}.",
+        f"ISA flags detected: {', '.join(results['flags']) or 'none'}. "
         f"Model {results['model']} ({results['gflop_per_mp']:.0f} GFLOP per input megapixel), "
         f"{TILE_SIDE} x {TILE_SIDE} tile, median of {results['repeat']} runs after a warm-up; "
         f"every row in a fresh process. Load average before / after: {results['load_before']} / "
         f"{results['load_after']}.",
         "",
-        f"Peak (numpy float32 matmul {MATMUL_SIDE}²): {peak1:.1f} GFLOP/s at 1 thread, "
-        f"{peak_all:.1f} GFLOP/s at {cores} threads.",
+        f"Peak, {MATMUL_SIDE}² matmul: "
+        + "; ".join(
+            f"{label} {peaks[key]['1']:.1f} GFLOP/s at 1 thread, {peaks[key]['all']:.1f} at {cores}"
+            for key, label in PEAKS
+            if key in peaks
+        )
+        + ". Each row's share is against the peak of its own precision (float32: numpy's).",
         "",
         f"| runtime | precision | s per input MP, 1 thread | share of peak, 1 thread "
         f"| s per input MP, {cores} threads | share of peak, {cores} threads | Set5 Y-PSNR (dB) |",
@@ -311,11 +369,12 @@ def report(results: dict) -> str:
     gflop = results["gflop_per_mp"]
     for row in results["rows"]:
         one, every = row["1"], row["all"]
+        peak = peaks[every["precision"]]
         psnr = f"{every['set5_psnr']:.2f}" if "set5_psnr" in every else "–"
         lines.append(
             f"| {row['name']} | {every['precision']} | {one['s_per_mp']:.2f} "
-            f"| {gflop / one['s_per_mp'] / peak1:.0%} | {every['s_per_mp']:.2f} "
-            f"| {gflop / every['s_per_mp'] / peak_all:.0%} | {psnr} |"
+            f"| {gflop / one['s_per_mp'] / peak['1']:.0%} | {every['s_per_mp']:.2f} "
+            f"| {gflop / every['s_per_mp'] / peak['all']:.0%} | {psnr} |"
         )
     bicubic = results["bicubic"]
     psnr = f"{bicubic['set5_psnr']:.2f}" if "set5_psnr" in bicubic else "–"
@@ -329,7 +388,7 @@ def report(results: dict) -> str:
             "",
             f"The service over HTTP, started by `{results['serve_command']}` in each layout "
             "(workers × inference threads per worker [× streams, else one per thread]; "
-            "SSM_WORKERS, SSM_THREADS, SSM_STREAMS). Reference: "
+            "SSM_WORKERS, SSM_THREADS, SSM_STREAMS), precision `auto`. Reference: "
             "the shipped weights in a one-thread TensorFlow graph on the same 512 x 512 image, "
             f'{reference:.2f} s. "Four" is the wall time until all four simultaneous requests '
             "were answered, against four reference times; answers other than 200 are counted "
@@ -357,6 +416,28 @@ def report(results: dict) -> str:
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+TITLE = """# Runtime benchmark
+
+One section per kind of host, each from one run of `python -m benchmarks.runtime` there.
+Absolute times differ between hosts and between runs on the same host; compare the ratios
+within a section, not across sections.
+"""
+HOST_ORDER = ("AMX", "AVX-512 BF16", "AVX2", "no AVX2")
+
+
+def merged(existing: str, section: str) -> str:
+    """The report with ``section`` in place of the earlier one of the same host kind, the
+    other kinds' sections kept as they were."""
+    sections: dict[str, str] = {}
+    for part in ("\n" + existing).split("\n## ")[1:]:
+        kind = part.split(" host:", 1)[0]
+        sections[kind] = "## " + part.rstrip("\n") + "\n"
+    sections[section.split(" host:", 1)[0].removeprefix("## ")] = section
+    rank = {kind: i for i, kind in enumerate(HOST_ORDER)}
+    ordered = sorted(sections, key=lambda kind: rank.get(kind, len(rank)))
+    return TITLE + "".join("\n" + sections[kind] for kind in ordered)
 
 
 def statuses(found: list[int]) -> str:
@@ -394,6 +475,8 @@ def main() -> None:
         kind, *rest = args.child
         if kind == "peak":
             row = child_peak(args.threads)
+        elif kind == "openvino-peak":
+            row = child_openvino_peak(rest[0], args.threads)
         elif kind == "network":
             runtime, xla, precision, streams, psnr = rest
             row = child_network(
@@ -420,6 +503,8 @@ def main() -> None:
     macs = sum(n_in * n_out * size * size for _, n_in, n_out, size in params.convolutions()[:-1])
     macs += 3 * 3 * 3 * 3 * params.scale**2  # the last convolution runs at the output size
     results: dict[str, Any] = {
+        "host_kind": host_kind(flags),
+        "date": time.strftime("%Y-%m-%d"),
         "machine": hardware(),
         "cpu": cpu_model(),
         "cores": cores,
@@ -431,8 +516,14 @@ def main() -> None:
         "serve_command": args.serve,
     }
     rep = ["--repeat", str(args.repeat)]
-    results["peak"] = {"1": in_child(1, "peak")["gflops"], "all": in_child(cores, "peak")["gflops"]}
-    precisions = ["float32", "bfloat16"] if native_bfloat16(flags) else ["float32"]
+    precisions = measured_precisions(flags)
+    peaks = {"float32": ("peak",), "openvino float32": ("openvino-peak", "float32")}
+    if "bfloat16" in precisions:
+        peaks["bfloat16"] = ("openvino-peak", "bfloat16")
+    results["peak"] = {
+        key: {"1": in_child(1, *child)["gflops"], "all": in_child(cores, *child)["gflops"]}
+        for key, child in peaks.items()
+    }
     rows = []
     for name, runtime, xla, per_thread in RUNTIMES:
         for precision in precisions:
@@ -458,11 +549,14 @@ def main() -> None:
         ]
     results["load_after"] = load_average()
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    text = report(results)
-    print(text, end="")
+        path = Path(args.json)
+        by_kind = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**by_kind, results["host_kind"]: results}, indent=2) + "\n")
+    section = report(results)
+    print(section, end="")
     if args.out:
-        Path(args.out).write_text(text)
+        path = Path(args.out)
+        path.write_text(merged(path.read_text() if path.exists() else "", section))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,19 @@ def native_bfloat16(flags: frozenset[str]) -> bool:
     return bool(flags & NATIVE_BFLOAT16)
 
 
+def host_kind(flags: frozenset[str]) -> str:
+    """The kind of host by its fastest matrix unit: ``AMX``, ``AVX-512 BF16``, ``AVX2``.
+
+    Benchmarks keep a table per kind: the same network runs several times faster per
+    core on one kind than on another, so figures compare only within a kind.
+    """
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16"
+    return "AVX2" if "avx2" in flags else "no AVX2"
+
+
 def hardware() -> str:
     """CPU model, cores, platform, ISA: ``AMD EPYC, 2 cores, Linux x86_64, avx2 fma``."""
     isa = " ".join(reported_flags(cpu_flags())) or "no AVX2"

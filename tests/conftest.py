@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hosts import HOST_KINDS, HostKind
 
 from supersizeme.modelspec import RDNParams
 from supersizeme.service.config import DEFAULT_MODEL, REPO_ROOT
@@ -34,6 +35,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shipped_model_dir() -> Path:
     return REPO_ROOT / "models" / DEFAULT_MODEL
+
+
+@pytest.fixture(params=HOST_KINDS, ids=[kind.name for kind in HOST_KINDS])
+def host(request, tmp_path, monkeypatch) -> HostKind:
+    """Each kind of host in turn, as this process's /proc/cpuinfo."""
+    from supersizeme import machine
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(request.param.cpuinfo)
+    monkeypatch.setattr(machine, "CPUINFO", fake)
+    return request.param
 
 
 @pytest.fixture

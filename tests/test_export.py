@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from supersizeme.machine import cpu_flags, hardware
 from supersizeme.modelspec import (
     OPENVINO_DIR,
     OPENVINO_FILES,
@@ -139,6 +140,11 @@ def test_deriving_again_writes_the_same_network(exported, tmp_path):
     assert again.spec["openvino"]["sha256"] == exported[0].spec["openvino"]["sha256"]
 
 
+def test_the_bfloat16_check_runs_openvino_where_bfloat16_is_native(host):
+    expected = "openvino" if host.native_bfloat16 else "tensorflow"
+    assert export.bfloat16_check_runtime(cpu_flags()) == expected
+
+
 def test_bfloat16_check_is_recorded_for_set5_and_set14(exported, tmp_path):
     import shutil
 
@@ -147,6 +153,8 @@ def test_bfloat16_check_is_recorded_for_set5_and_set14(exported, tmp_path):
     sets = [random_pngs(tmp_path / name, 2, (30, 26), seed=3) for name in ("set5", "set14")]
     record = export.check_bfloat16(ModelFolder.open(copy), sets, tile=16, threads=1)
     assert ModelFolder.open(copy).spec["bfloat16_check"] == record
+    assert record["hardware"] == hardware()
+    assert record["runtime"].startswith(export.bfloat16_check_runtime(cpu_flags()))
     for name in ("set5", "set14"):
         psnr = record["psnr"][name]
         assert record["loss_db"][name] == round(psnr["float32"] - psnr["bfloat16"], 4)

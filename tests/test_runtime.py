@@ -10,21 +10,40 @@ import sys
 
 import numpy as np
 import pytest
+from hosts import AVX2_ONLY, AVX512_BF16
 from PIL import Image
 
 from benchmarks.gunicorn_server import request, running_gunicorn
 from benchmarks.imagefactory import gradient, png
-from supersizeme.machine import cpu_flags
-from supersizeme.modelspec import ModelFolder
+from supersizeme.machine import cpu_flags, native_bfloat16
+from supersizeme.modelspec import ModelFolder, write_spec
 from supersizeme.service.config import REPO_ROOT
 from supersizeme.service.runtime import BFLOAT16_MAX_LOSS_DB, choose_precision, stream_count
 from supersizeme.toolchain.evaluate import image_files, load_pair, load_served, run_png
 from supersizeme.toolchain.quality import y_psnr_ssim
 
 BENCHMARK = REPO_ROOT.parent / "shared" / "datasets" / "benchmark"
-AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma"})
-AVX512_BF16 = AVX2_ONLY | {"avx512f", "avx512_bf16", "avx512_vnni"}
+AVX2_FLAGS = cpu_flags(AVX2_ONLY.cpuinfo)
+BF16_FLAGS = cpu_flags(AVX512_BF16.cpuinfo)
 CHECKED = {"bfloat16_check": {"loss_db": {"set5": 0.02, "set14": 0.03}}}
+
+
+def openvino_computes_bfloat16() -> bool:
+    """What OpenVINO itself detects on the real CPU, whatever /proc/cpuinfo is faked to."""
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.fixture(scope="session")
+def checked_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with a bfloat16 check on record, so that ``auto`` may choose it."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("checked") / tiny_model_dir.name
+    shutil.copytree(tiny_model_dir, path)
+    write_spec(path, {**ModelFolder.open(path).spec, **CHECKED})
+    return path
 
 
 @pytest.mark.slow
@@ -51,44 +70,48 @@ def test_derived_network_equals_keras_on_set5_and_set14(shipped_model_dir):
         assert abs(means["derived"] - recorded) <= 0.01, (name, means, recorded)
 
 
-def test_auto_is_float32_without_native_bfloat16():
-    choice = choose_precision("auto", AVX2_ONLY, CHECKED)
-    assert choice.precision == "float32" and "no native bfloat16" in choice.reason
+def test_auto_takes_bfloat16_where_it_is_native_and_checked(host):
+    choice = choose_precision("auto", cpu_flags(), CHECKED)
+    if host.native_bfloat16:
+        assert choice.precision == "bfloat16" and "native bfloat16" in choice.reason
+    else:
+        assert choice.precision == "float32" and "no native bfloat16" in choice.reason
 
 
-def test_auto_takes_bfloat16_only_when_native_and_checked():
-    assert choose_precision("auto", AVX512_BF16, CHECKED).precision == "bfloat16"
-    assert choose_precision("auto", AVX2_ONLY | {"amx_bf16"}, CHECKED).precision == "bfloat16"
-    unchecked = choose_precision("auto", AVX512_BF16, {})
+def test_auto_refuses_bfloat16_unchecked_or_too_costly():
+    unchecked = choose_precision("auto", BF16_FLAGS, {})
     assert unchecked.precision == "float32" and "no bfloat16 quality check" in unchecked.reason
     costly = {"bfloat16_check": {"loss_db": {"set5": 0.01, "set14": BFLOAT16_MAX_LOSS_DB + 0.01}}}
-    assert choose_precision("auto", AVX512_BF16, costly).precision == "float32"
+    assert choose_precision("auto", BF16_FLAGS, costly).precision == "float32"
 
 
 def test_an_explicit_precision_is_kept_and_a_bad_one_refused():
-    assert choose_precision("bfloat16", AVX2_ONLY, {}).precision == "bfloat16"
-    assert choose_precision("float32", AVX512_BF16, CHECKED).precision == "float32"
+    assert choose_precision("bfloat16", AVX2_FLAGS, {}).precision == "bfloat16"
+    assert choose_precision("float32", BF16_FLAGS, CHECKED).precision == "float32"
     with pytest.raises(ValueError, match="precision"):
-        choose_precision("int4", AVX2_ONLY, {})
+        choose_precision("int4", AVX2_FLAGS, {})
 
 
-def test_the_service_reports_what_it_detected(tiny_model_dir, monkeypatch, tmp_path):
-    """The app reads the flags of /proc/cpuinfo: a fake one without bfloat16 gives float32."""
-    from supersizeme import machine
+def test_the_service_reports_what_it_detected(host, checked_model_dir):
+    """The app reads the flags of /proc/cpuinfo and chooses from them; what it computes
+    in is what OpenVINO runs on the real CPU, which falls back to float32 without bfloat16."""
     from supersizeme.service.app import create_app
 
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(
-        "processor\t: 0\nmodel name\t: Fake EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n\n"
-    )
-    monkeypatch.setattr(machine, "CPUINFO", cpuinfo)
-    app = create_app({"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "TILE": 64})
+    app = create_app({"TESTING": True, "MODEL_DIR": str(checked_model_dir), "TILE": 64})
     info = app.test_client().get("/supersizeme/model").get_json()
     runtime = info["runtime"]
-    assert info["precision"] == runtime["precision"] == "float32"
     assert runtime["name"] == "openvino"
-    assert runtime["cpu_features"] == ["avx2", "fma"]
-    assert "no native bfloat16" in runtime["precision_reason"]
+    assert runtime["cpu_features"] == list(host.reported)
+    assert info["precision"] == runtime["precision"]
+    if not host.native_bfloat16:
+        assert runtime["precision"] == "float32"
+        assert "no native bfloat16" in runtime["precision_reason"]
+    elif openvino_computes_bfloat16():
+        assert runtime["precision"] == "bfloat16"
+        assert "native bfloat16" in runtime["precision_reason"]
+    else:
+        assert runtime["precision"] == "float32"
+        assert runtime["precision_reason"] == "bfloat16 asked, but openvino runs float32 here"
     assert runtime["seconds_per_megapixel"] > 0
     assert info["limits"]["max_pixels"] <= info["limits"]["max_pixels_configured"]
 
@@ -103,11 +126,12 @@ def test_openvino_runs_one_stream_per_thread_unless_told_and_tensorflow_one():
         stream_count("openvino", threads=2, streams=3)
 
 
-def test_this_machine_is_detected():
+def test_this_machine_is_detected_as_openvino_detects_it():
+    """The real /proc/cpuinfo and OpenVINO agree on whether this CPU has native bfloat16."""
     flags = cpu_flags()
     if not flags:
         pytest.skip("no /proc/cpuinfo flags here")
-    assert choose_precision("auto", flags, {}).precision == "float32"
+    assert native_bfloat16(flags) == openvino_computes_bfloat16()
 
 
 @pytest.mark.gunicorn
@@ -202,7 +226,13 @@ def test_split_concatenations_computes_what_the_joined_network_does(tiny_model_d
     path = ModelFolder.open(tiny_model_dir).openvino_model()
     exported = openvino.Core().read_model(path)
     assert "Concat" in {op.get_type_name() for op in exported.get_ordered_ops()}
-    joined = openvino.Core().compile_model(exported, "CPU").create_infer_request()
+    # Compiled in float32 explicitly, as the split one is: OpenVINO's own default is
+    # bfloat16 on CPUs that have it natively.
+    joined = (
+        openvino.Core()
+        .compile_model(exported, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        .create_infer_request()
+    )
     model = openvino.Core().read_model(path)
     split = compile_openvino(model, "float32", threads=1)
     assert "Concat" not in {op.get_type_name() for op in model.get_ordered_ops()}

@@ -62,6 +62,25 @@ def test_loaded_network_doubles_the_image_and_is_cached(tiny_model_dir):
     assert result.shape == (40, 60, 3) and result.dtype == np.float32
 
 
+def test_the_cache_holds_one_upscaler_per_cpu(tiny_model_dir, tmp_path, monkeypatch):
+    """A load decides from the CPU's flags, so an upscaler loaded under other flags (a
+    fake /proc/cpuinfo) is not handed back."""
+    from hosts import AVX2_ONLY, AVX512_BF16
+
+    from supersizeme import machine
+
+    folder = ModelFolder.open(tiny_model_dir)
+    loaded = {}
+    for kind in (AVX2_ONLY, AVX512_BF16):
+        fake = tmp_path / kind.name
+        fake.write_text(kind.cpuinfo)
+        monkeypatch.setattr(machine, "CPUINFO", fake)
+        loaded[kind.name] = load(folder, LoadSettings(tile=32))
+        assert loaded[kind.name].cpu_features == list(kind.reported)
+        assert load(folder, LoadSettings(tile=32)) is loaded[kind.name]
+    assert loaded[AVX2_ONLY.name] is not loaded[AVX512_BF16.name]
+
+
 def test_tiled_equals_whole_for_the_tiny_rdn(tiny_model_dir):
     folder = ModelFolder.open(tiny_model_dir)
     image = np.random.default_rng(0).random((70, 90, 3), dtype=np.float32)

@@ -31,7 +31,7 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 BFLOAT16_MAX_LOSS_DB = 0.05
 BFLOAT16_CHECKED_SETS = ("set5", "set14")
 
-_OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
+OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def compile_openvino(model: Any, precision: str, threads: int, streams: int = 1)
             # Pinned, the threads of every worker process start on the same first cores:
             # two one-thread workers measured half their speed each, sharing one core.
             "ENABLE_CPU_PINNING": False,
-            "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision],
         },
     )
     # OpenVINO falls back to float32 where the CPU lacks bfloat16; report what it runs.

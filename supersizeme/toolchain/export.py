@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from supersizeme.machine import cpu_count, hardware
+from supersizeme.machine import cpu_count, cpu_flags, hardware, native_bfloat16
 from supersizeme.modelspec import ModelFolder, RDNParams, write_spec
 from supersizeme.toolchain.evaluate import (
     BICUBIC,
@@ -32,6 +32,7 @@ from supersizeme.toolchain.evaluate import (
     load_served,
     markdown_table,
     row_name,
+    served_png,
     set_name,
 )
 from supersizeme.toolchain.train import TrainConfig, read_checkpoint
@@ -312,30 +313,44 @@ def export(
     return ModelFolder.open(folder.path)
 
 
+def bfloat16_check_runtime(flags: frozenset[str]) -> str:
+    """Where the CPU computes bfloat16 natively the check runs the served OpenVINO network;
+    elsewhere OpenVINO would quietly compute in float32, so it runs Keras' mixed_bfloat16
+    policy (bfloat16 inputs and weights, float32 accumulation, emulated: slow, but the
+    same rounding)."""
+    return "openvino" if native_bfloat16(flags) else "tensorflow"
+
+
 def check_bfloat16(
     folder: ModelFolder, sets: Sequence[str | Path], tile: int = 512, threads: int | None = None
 ) -> dict[str, Any] | None:
     """Measure what bfloat16 costs on Set5 and Set14 and record it in ``model.json``.
 
     ``SSM_PRECISION=auto`` serves bfloat16 only where this record says the loss is small
-    (runtime.choose_precision). Where the CPU has native bfloat16 the check runs the served
-    OpenVINO network; elsewhere OpenVINO would quietly compute in float32, so the check runs
-    Keras' mixed_bfloat16 policy instead (bfloat16 inputs and weights, float32
-    accumulation, emulated: slow, but the same rounding). Returns the record, or None when
-    ``sets`` lacks Set5 or Set14.
+    (runtime.choose_precision). The runtime is ``bfloat16_check_runtime``'s, and the record
+    names it and the CPU it ran on. Returns the record, or None when ``sets`` lacks Set5
+    or Set14.
     """
-    from supersizeme.machine import cpu_flags, native_bfloat16
     from supersizeme.service.runtime import BFLOAT16_CHECKED_SETS
+    from supersizeme.service.upscaler import LoadSettings, open_upscaler
 
     by_name = {Path(path).name.lower(): path for path in sets}
     if not all(name in by_name for name in BFLOAT16_CHECKED_SETS):
         return None
     checked = [by_name[name] for name in BFLOAT16_CHECKED_SETS]
-    runtime = "openvino" if native_bfloat16(cpu_flags()) else "tensorflow"
+    runtime = bfloat16_check_runtime(cpu_flags())
     psnr: dict[str, dict[str, float]] = {}
     for precision in ("float32", "bfloat16"):
-        served, scale = load_served(folder.path, precision, tile, threads, runtime)
-        results = evaluate_rows({precision: served}, checked, scale)
+        upscaler = open_upscaler(
+            folder.path, LoadSettings(runtime, precision, tile, threads or cpu_count())
+        )
+        if upscaler.precision != precision:
+            raise RuntimeError(
+                f"{runtime} computes {upscaler.precision} on this CPU, not {precision}: "
+                "the check would compare float32 with itself"
+            )
+        served = served_png(upscaler, upscaler.scale)
+        results = evaluate_rows({precision: served}, checked, upscaler.scale)
         for name, path in zip(BFLOAT16_CHECKED_SETS, checked, strict=True):
             psnr.setdefault(name, {})[precision] = results[set_name(path)][precision]["psnr"]
     record = {
