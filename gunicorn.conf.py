@@ -14,7 +14,8 @@ from gunicorn.workers.base import Worker
 
 from supersizeme.service import config as settings
 
-_deadline = float(settings.from_environment()["DEADLINE_SECONDS"])
+_service = settings.from_environment()
+_deadline = float(_service["DEADLINE_SECONDS"])
 
 bind = settings.env("SSM_BIND", "0.0.0.0:8000")
 
@@ -32,9 +33,11 @@ workers = settings.default_workers()
 # in JSON, counts only upscales towards max_requests and refuses new connections at once
 # while stopping.
 worker_class = "supersizeme.service.worker.StoppingThreadWorker"
-# One image per stream runs, SSM_MAX_WAITING (4) wait for their turn, the rest answer
-# probes, scrapes and refusals.
-threads = settings.env("SSM_GUNICORN_THREADS", 8, int)
+# One image per stream runs (a stream per inference thread by default, so per core),
+# SSM_MAX_WAITING (4) wait for their turn, and at least three more answer probes, scrapes
+# and refusals, however many cores the host gives.
+_images = (_service["STREAMS"] or _service["THREADS"]) + _service["MAX_WAITING"]
+threads = settings.env("SSM_GUNICORN_THREADS", max(8, _images + 3), int)
 
 # The app ends every request at its own deadline (503); gunicorn's timeout is a
 # backstop above it for a worker that stops responding altogether.

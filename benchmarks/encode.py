@@ -1,113 +1,152 @@
-"""Encode time and size of the service's output formats at the settings worth considering.
+"""Encode time and size of large results: PNG writers and settings, and the other formats.
 
-    nice -n 19 python -m benchmarks.encode --runs 3 \\
-        --images set14/img_001.png bsd100/img_001.png --megapixels 1 4 8
+    python -m benchmarks.encode --megapixels 48 --runs 2 \\
+        --images set14/img_001.png bsd100/img_001.png
 
-Every result is four times its input's pixels (sixteen at x4), so encoding it is not
-free next to inference. Real photos from the benchmark sets are enlarged bicubic to
-output-sized images (8 MP is the x2 output of an input at the 2 MP cap) and each
-candidate setting encodes them ``--runs`` times. Reported per output size: medians of
-CPU seconds (what the encode costs a worker on an idle machine; zlib and libwebp encode
-on one thread here) and wall seconds (inflated when the machine is shared), the file
-size, and the encode time plus the time to send the file over two typical links, since
-a client waits for both. Prints a Markdown table with the machine named and writes it
+48 MP is the x2 result of a 12 MP photo. Photos from the benchmark sets are enlarged bicubic
+to that size, with fine noise added (a sensor's, about one level), since a bicubic
+enlargement alone is smoother than any photograph or the network's result. Each candidate
+encodes every image ``--runs`` times from the uint8 samples the service holds:
+
+- Pillow's PNG writer (zlib on one thread) at levels 1, 3 and 6;
+- the service's striped writer (supersizeme/service/png.py: Paeth-filtered stripes
+  compressed on several threads) with ISA-L at levels 0-3, with the standard zlib and with
+  zlib-ng, on one thread and on every core;
+- lossless WebP and JPEG as the service writes them.
+
+Reported per candidate: medians of wall seconds (what a client waits for; the machine should
+be otherwise idle) and CPU seconds (what it costs the worker's cores), the file size, and the
+size against Pillow's level 3. Prints a Markdown table with the machine named and writes it
 to benchmarks/encode.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import statistics
 import sys
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
+import zlib_ng.zlib_ng as zlib_ng
+from isal import isal_zlib
 from PIL import Image, features
 
 from supersizeme.machine import cpu_count, hardware
+from supersizeme.service import png
 from supersizeme.service.images import OUTPUT_FORMATS
 
 DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "benchmark"
 OUT = Path(__file__).with_suffix(".md")
-LINKS_MBIT = (20, 100)
+REFERENCE = "Pillow PNG, zlib level 3"
+NOISE_LEVELS = 1.0
 
-# Pillow's values for options a format entry may leave out, so that the table can mark
-# the candidate the service uses now.
-_PILLOW_DEFAULTS = {"webp": {"quality": 80, "method": 4}}
-
-_LOSSLESS_WEBP = {"lossless": True, "exact": True}
+Write = Callable[[np.ndarray], bytes]
 
 
 @dataclass(frozen=True)
 class Candidate:
     label: str
-    format: str  # a key of OUTPUT_FORMATS
-    options: dict[str, object]
-
-    @property
-    def in_service(self) -> bool:
-        defaults = _PILLOW_DEFAULTS.get(self.format, {})
-        service = {**defaults, **OUTPUT_FORMATS[self.format].options}
-        return {**defaults, **self.options} == service
+    write: Write
+    in_service: bool = False
 
 
-def _webp(quality: int, method: int, note: str = "") -> Candidate:
-    label = f"WebP lossless q{quality} m{method}{note}"
-    return Candidate(label, "webp", {**_LOSSLESS_WEBP, "quality": quality, "method": method})
+def pillow(image_format: str, options: dict[str, object], samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(samples).save(buffer, image_format, **options)
+    return buffer.getvalue()
 
 
-PNG_REFERENCE = Candidate("PNG level 6", "png", {"compress_level": 6})
+def striped(threads: int, level: int, deflate: object, samples: np.ndarray) -> bytes:
+    return png.encode_png(samples, threads=threads, level=level, deflate=deflate)
 
-# zlib levels 1-9 for PNG (``optimize`` is left out: Pillow then ignores the level and
-# tries harder than level 9, which is already far too slow).
-# For lossless WebP the pairs are libwebp's own presets (cwebp -z 0..6, from
-# WebPConfigLosslessPreset), Pillow's default (quality 80 method 4), and quality 50 at
-# method 1: at method 1 a quality above 25 bought smaller files in a trial run.
-CANDIDATES = (
-    *(Candidate(f"PNG level {level}", "png", {"compress_level": level}) for level in (1, 3)),
-    PNG_REFERENCE,
-    Candidate("PNG level 9", "png", {"compress_level": 9}),
-    _webp(0, 0, " (-z 0)"),
-    _webp(20, 1, " (-z 1)"),
-    _webp(50, 1),
-    _webp(25, 2, " (-z 2)"),
-    _webp(30, 3, " (-z 3)"),
-    _webp(50, 3, " (-z 4)"),
-    _webp(50, 4, " (-z 5)"),
-    _webp(75, 4, " (-z 6)"),
-    _webp(80, 4, " (Pillow default)"),
-    Candidate("JPEG q95 4:4:4 (lossy, reference)", "jpeg", {"quality": 95, "subsampling": 0}),
-)
+
+def candidates(cores: int) -> list[Candidate]:
+    found = [
+        Candidate(
+            f"Pillow PNG, zlib level {level}",
+            functools.partial(pillow, "PNG", {"compress_level": level}),
+        )
+        for level in (1, 3, 6)
+    ]
+    libraries = (
+        ("ISA-L", isal_zlib, (0, 1, 2, 3)),
+        ("zlib", zlib, (1, 3)),
+        ("zlib-ng", zlib_ng, (1, 3)),
+    )
+    for name, deflate, levels in libraries:
+        for level in levels:
+            for threads in sorted({1, cores}):
+                service = deflate is isal_zlib and level == png.LEVEL and threads == cores
+                found.append(
+                    Candidate(
+                        f"striped PNG, {name} level {level}, {threads} thread(s)",
+                        functools.partial(striped, threads, level, deflate),
+                        service,
+                    )
+                )
+    # libwebp's own lossless presets (cwebp -z 0, 1, 2: WebPConfigLosslessPreset) and
+    # Pillow's default; WebP's encoder runs on one thread.
+    webp = OUTPUT_FORMATS["webp"].options
+    for label, quality, method in (
+        ("-z 0", 0, 0),
+        ("-z 1", 20, 1),
+        ("-z 2", 25, 2),
+        ("Pillow's default", 80, 4),
+    ):
+        options = {**webp, "quality": quality, "method": method}
+        found.append(
+            Candidate(
+                f"WebP lossless, quality {quality} method {method} ({label})",
+                functools.partial(pillow, "WEBP", options),
+                in_service=options == webp,
+            )
+        )
+    jpeg = OUTPUT_FORMATS["jpeg"].options
+    found.append(
+        Candidate(
+            "JPEG quality 95, 4:4:4 (lossy)",
+            functools.partial(pillow, "JPEG", jpeg),
+            in_service=True,
+        )
+    )
+    return found
 
 
 @dataclass
 class Measurement:
-    cpu_s: float
     wall_s: float
+    cpu_s: float
     size_bytes: int
 
 
-def enlarged(path: Path, megapixels: float) -> Image.Image:
-    """The image enlarged bicubic, aspect kept, to about ``megapixels`` million pixels."""
+def photo_sized(path: Path, megapixels: float) -> np.ndarray:
+    """The image enlarged bicubic, aspect kept, to about ``megapixels`` million pixels, with
+    Gaussian noise of ``NOISE_LEVELS`` levels, as uint8 RGB."""
     image = Image.open(path).convert("RGB")
     factor = (megapixels * 1e6 / (image.width * image.height)) ** 0.5
     size = (round(image.width * factor), round(image.height * factor))
-    return image.resize(size, Image.Resampling.BICUBIC)
+    pixels = np.asarray(image.resize(size, Image.Resampling.BICUBIC), np.float32)
+    pixels += np.random.default_rng(0).normal(0, NOISE_LEVELS, pixels.shape).astype(np.float32)
+    return np.rint(np.clip(pixels, 0, 255)).astype(np.uint8)
 
 
-def measure(image: Image.Image, candidate: Candidate, runs: int) -> Measurement:
-    pillow_name = OUTPUT_FORMATS[candidate.format].pillow_name
-    cpu, wall = [], []
+def measure(samples: np.ndarray, candidate: Candidate, runs: int) -> Measurement:
+    wall, cpu = [], []
     for _ in range(runs):
-        buffer = io.BytesIO()
         started_wall, started_cpu = time.perf_counter(), time.process_time()
-        image.save(buffer, pillow_name, **candidate.options)
+        data = candidate.write(samples)
         cpu.append(time.process_time() - started_cpu)
         wall.append(time.perf_counter() - started_wall)
-    return Measurement(statistics.median(cpu), statistics.median(wall), buffer.tell())
+    return Measurement(statistics.median(wall), statistics.median(cpu), len(data))
 
 
 def load_line() -> str:
@@ -115,31 +154,24 @@ def load_line() -> str:
     return f"{one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
-def _megabytes(measurements: list[Measurement]) -> float:
-    return statistics.mean(m.size_bytes for m in measurements) / 1e6
-
-
-def table(rows: list[tuple[float, Candidate, list[Measurement]]]) -> list[str]:
-    links = " | ".join(f"CPU s + send at {mbit} Mbit/s" for mbit in LINKS_MBIT)
+def table(rows: list[tuple[Candidate, list[Measurement]]], megapixels: float) -> list[str]:
     lines = [
-        f"| output MP | setting | CPU s | wall s | MB | MP/s (CPU) | size vs PNG 6 | {links} |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(LINKS_MBIT),
+        "| setting | wall s | CPU s | MB | MP/s (wall) | size vs " + REFERENCE + " |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    reference = {
-        megapixels: _megabytes(measurements)
-        for megapixels, candidate, measurements in rows
-        if candidate == PNG_REFERENCE
-    }
-    for megapixels, candidate, measurements in rows:
-        cpu = statistics.mean(m.cpu_s for m in measurements)
-        wall = statistics.mean(m.wall_s for m in measurements)
-        megabytes = _megabytes(measurements)
-        ratio = megabytes / reference[megapixels]
-        sends = " | ".join(f"{cpu + megabytes * 8 / mbit:.2f}" for mbit in LINKS_MBIT)
+    reference = next(
+        statistics.mean(m.size_bytes for m in found)
+        for candidate, found in rows
+        if candidate.label == REFERENCE
+    )
+    for candidate, found in rows:
+        wall = statistics.mean(m.wall_s for m in found)
+        cpu = statistics.mean(m.cpu_s for m in found)
+        size = statistics.mean(m.size_bytes for m in found)
         label = f"**{candidate.label}** (service)" if candidate.in_service else candidate.label
         lines.append(
-            f"| {megapixels:g} | {label} | {cpu:.2f} | {wall:.2f} | {megabytes:.2f} "
-            f"| {megapixels / cpu:.1f} | {ratio:.2f} | {sends} |"
+            f"| {label} | {wall:.2f} | {cpu:.2f} | {size / 1e6:.1f} | {megapixels / wall:.1f} "
+            f"| {size / reference:.2f} |"
         )
     return lines
 
@@ -147,46 +179,38 @@ def table(rows: list[tuple[float, Candidate, list[Measurement]]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", nargs="+", default=["set14/img_001.png", "bsd100/img_001.png"])
-    parser.add_argument("--megapixels", nargs="+", type=float, default=[1.0, 4.0, 8.0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--megapixels", type=float, default=48.0)
+    parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
     load_before = load_line()
+    images = [photo_sized(DATASETS / name, args.megapixels) for name in args.images]
     rows = []
-    for megapixels in args.megapixels:
-        images = [enlarged(DATASETS / name, megapixels) for name in args.images]
-        for candidate in CANDIDATES:
-            measurements = [measure(image, candidate, args.runs) for image in images]
-            rows.append((megapixels, candidate, measurements))
-            print(f"{megapixels:g} MP {candidate.label}: done", file=sys.stderr, flush=True)
-    load_after = load_line()
-
-    busy = max(float(load_before.split(",")[0]), float(load_after.split(",")[0])) > cpu_count()
+    for candidate in candidates(cpu_count()):
+        rows.append((candidate, [measure(image, candidate, args.runs) for image in images]))
+        print(f"{candidate.label}: done", file=sys.stderr, flush=True)
+    libraries = (
+        f"Pillow {Image.__version__} (zlib {features.version('zlib')}, libwebp "
+        f"{features.version('webp')}), isal {version('isal')}, zlib-ng {version('zlib-ng')}"
+    )
+    height, width = images[0].shape[:2]
     header = [
-        "# Encode time and size of the output formats",
+        "# Encode time and size of large results",
         "",
-        f"Machine: {hardware()}; Pillow {Image.__version__}, libwebp {features.version('webp')},"
-        f" zlib {features.version('zlib')}; run at nice {os.nice(0)}.",
-        f"Images: {', '.join(args.images)} from the benchmark sets, enlarged bicubic to each"
-        " output size; every figure is the mean over the images of the median of"
-        f" {args.runs} runs. Produced by `python -m benchmarks.encode`.",
-        f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}"
-        + (
-            " — measured while the machine was busy, so wall seconds may be inflated; CPU"
-            " seconds are what an encode costs a worker."
-            if busy
-            else "."
-        ),
+        f"Machine: {hardware()}; {libraries}. Produced by `python -m benchmarks.encode`.",
+        f"Images: {', '.join(args.images)} from the benchmark sets, enlarged bicubic to "
+        f"{args.megapixels:g} MP (the first {width} x {height}) with noise of "
+        f"{NOISE_LEVELS:g} level; every figure is the mean over the images of the median of "
+        f"{args.runs} runs, from uint8 samples. Load average (1, 5, 15 min) before: "
+        f"{load_before}; after: {load_line()}.",
         "",
-        "*MP/s* is megapixels encoded per CPU second. *CPU s + send* adds the time to move the"
-        " file over a link of that speed: what a client waits for on top of inference. Bicubic"
-        " enlargements are smoother than the network's output, whose files are likely larger"
-        " and slower to encode; at 1 MP, set14/img_001 is enlarged about x2, as a real x2"
-        " result is.",
+        "*Wall s* is what a client waits for on top of inference; *CPU s* what the encode "
+        "costs the worker's cores (above wall seconds when it runs on several). "
+        "(service) marks what the service writes.",
         "",
     ]
-    text = "\n".join(header + table(rows)) + "\n"
+    text = "\n".join(header + table(rows, args.megapixels)) + "\n"
     print(text)
     args.out.write_text(text)
 

@@ -38,6 +38,7 @@ from PIL import Image
 
 from benchmarks.arguments import benchmark_parser
 from supersizeme import machine
+from supersizeme.service.levels import quantised
 from supersizeme.toolchain import degradation, evaluate
 from supersizeme.toolchain.quality import psnr, rgb_to_y, shave
 
@@ -347,9 +348,10 @@ def quality(core: Any, model: Any, sets: list[Path], threads: int) -> dict[str, 
     compiled = compile_model(core, model, threads)
     request = compiled.create_infer_request()
 
-    def upscale(rgb: np.ndarray, stop: Any) -> np.ndarray:
+    def upscale(rgb: np.ndarray, stop: Any, dtype: type[np.generic] = np.float32) -> np.ndarray:
         batch = np.ascontiguousarray(rgb[None], np.float32)
-        return request.infer({0: batch})[0][0].copy()
+        result = request.infer({0: batch})[0][0]
+        return result.copy() if dtype == np.float32 else quantised(result, dtype)
 
     served = evaluate.served_png(upscale, SCALE)
     return {

@@ -1,17 +1,19 @@
-"""Worst-case memory of one replica: inference at the pixel cap while hostile uploads decode.
+"""Worst-case memory of one replica: whole photos, and large uploads beside hostile ones.
 
     .venv/bin/python -m benchmarks.memory --repeat 2
 
 Starts the service as `make serve` and the container do (``python -m front.serve``: nginx on
-a loopback port, gunicorn behind it) with the shipped model, one gunicorn worker and the
-pixel cap set to 2 MP (``SSM_MAX_PIXELS``, so that the cap does not follow this machine's
-speed). Then, scenario by scenario, it sends the uploads below and watches every process of
-the replica: the launcher, nginx's master and worker, gunicorn's master and worker. Their
+a loopback port, gunicorn behind it) with the shipped model, one gunicorn worker, the pixel
+cap set to a 12 MP photo's (``SSM_MAX_PIXELS``, so that every scenario runs whatever this
+machine's speed) and the replica's memory set to the pod's limit (``SSM_MEMORY_BYTES``,
+``--memory-mib``), so that the worker's memory ledger refuses what it would refuse in a pod.
+Then, scenario by scenario, it sends the uploads below and watches every process of the
+replica: the launcher, nginx's master and worker, gunicorn's master and worker. Their
 RSS is sampled from /proc every 0.1 s, and the kernel's own high-water mark (VmHWM, reset
 through clear_refs when the scenario starts) catches any peak between two samples.
 
 The hostile uploads are the accepted files of benchmarks/decode_bounds.py whose decode
-costs the most memory. They are sent while the upload at the cap is in inference; each is
+costs the most memory. They are sent while the main upload is in inference; each is
 decoded at once in its own request thread, then waits for the worker's inference turn (and
 holds its decoded image while it waits) or is refused, both fine here; every request runs to
 its own end (answer, refusal or deadline). The scenarios run in order, ``--repeat`` times
@@ -46,6 +48,7 @@ from PIL import Image
 
 from benchmarks.arguments import benchmark_parser
 from benchmarks.decode_bounds import accepted_files
+from benchmarks.imagefactory import camera_jpeg
 from benchmarks.latency import photo_like
 from front.serve import die_with_parent
 from supersizeme.machine import hardware
@@ -54,10 +57,12 @@ from supersizeme.service.config import MAX_BODY_BYTES, REPO_ROOT
 from supersizeme.service.images import Limits
 
 HERE = Path(__file__).resolve().parent
-CAP = 2_000_000  # SSM_MAX_PIXELS: the default cap, set so that it is the one in force
-CAP_SIZE = (1632, 1224)  # 1,997,568 pixels, the size decode_bounds.py uses at the cap
-# x4 runs the x2 network on its own output: its cap is a fifth (images.Limits.cost).
-X4_SIZE = (730, 547)  # 399,310 pixels
+PHOTO_SIZE = (4032, 3024)  # a 12 MP phone photo
+CAP = PHOTO_SIZE[0] * PHOTO_SIZE[1]  # SSM_MAX_PIXELS, so that the photo is served anywhere
+TWO_MP = (1632, 1224)  # 1,997,568 pixels, the size decode_bounds.py uses
+X4_SIZE = (730, 547)  # 399,310 pixels at x4: 6.4 MP out
+# The replica's memory: the limit of k8s/deployment.yaml, which the worker reads from its cgroup.
+MEMORY_MIB = 3072
 # The three accepted files whose decode had the highest peak RSS in benchmarks/decode-bounds.md
 # (92, 91 and 84 MiB above the process's size; of the two RGBA files at 91, the one with the
 # larger body). The RGBA one also keeps an alpha plane while it waits, the ICC one a 5 MB
@@ -67,7 +72,7 @@ HOSTILE = (
     "PNG RGBA, noise in one channel (reference)",
     "PNG, 10,000 chunks before the image data",
 )
-# Long enough for the upload at the cap to be decoded and in inference, so that the hostile
+# Long enough for the main upload to be decoded and in inference, so that the hostile
 # uploads decode next to the network rather than before it (checked afterwards, "during").
 HOSTILE_DELAY_S = 1.0
 SAMPLE_INTERVAL_S = 0.1
@@ -97,6 +102,7 @@ class Scenario:
     name: str
     main: Upload | None
     hostile: int  # hostile uploads sent while ``main`` is in inference
+    copies: int = 1  # of ``main``, sent at once
 
 
 @dataclass
@@ -137,17 +143,21 @@ def hostile_uploads() -> list[Upload]:
 
 
 def scenarios(request_threads: int) -> list[Scenario]:
-    at_cap = Upload("2 MP photo PNG, x2", photo_like(*CAP_SIZE), "image/png")
+    two = Upload("2 MP photo PNG, x2", photo_like(*TWO_MP), "image/png")
     x4 = Upload("0.4 MP photo PNG, x4", photo_like(*X4_SIZE), "image/png", scale=4)
-    body = Upload("2 MP noise PNG of 5 MiB, x2", noisy_png(*CAP_SIZE, MAX_BODY_BYTES), "image/png")
+    body = Upload("2 MP noise PNG of 5 MiB, x2", noisy_png(*TWO_MP, MAX_BODY_BYTES), "image/png")
+    photo = camera_jpeg(*PHOTO_SIZE)
+    camera = Upload(f"12 MP photo JPEG of {len(photo) / 1e6:.1f} MB, x2", photo, "image/jpeg")
     return [
         Scenario("idle", None, 0),
-        Scenario("one upload at the 2 MP cap", at_cap, 0),
-        Scenario(f"the cap + {len(HOSTILE)} hostile uploads", at_cap, len(HOSTILE)),
-        Scenario(f"the x4 cap + {len(HOSTILE)} hostile uploads", x4, len(HOSTILE)),
-        Scenario("one 5 MiB body at the cap", body, 0),
+        Scenario("one 2 MP upload", two, 0),
+        Scenario(f"2 MP + {len(HOSTILE)} hostile uploads", two, len(HOSTILE)),
+        Scenario(f"0.4 MP at x4 + {len(HOSTILE)} hostile uploads", x4, len(HOSTILE)),
+        Scenario("one 5 MiB body of 2 MP", body, 0),
         # What gunicorn's threads allow at most: every one but the inference's decoding.
-        Scenario(f"the cap + {request_threads - 1} hostile uploads", at_cap, request_threads - 1),
+        Scenario(f"2 MP + {request_threads - 1} hostile uploads", two, request_threads - 1),
+        Scenario("one 12 MP photo", camera, 0),
+        Scenario("two 12 MP photos at once", camera, 0, copies=2),
     ]
 
 
@@ -292,6 +302,15 @@ def running_front(environment: dict[str, str], log: Path) -> Iterator[subprocess
                 process.wait()
 
 
+def model_info(port: int) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", "/supersizeme/model")
+        return json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+
+
 def post(port: int, upload: Upload, began: float, answers: list[Answer]) -> None:
     sent = time.monotonic() - began
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
@@ -335,7 +354,7 @@ def parse(server_timing: str) -> dict[str, float]:
 def during_inference(answers: list[Answer], main_label: str) -> bool:
     """Whether every hostile upload was sent while the main upload was in inference, by the
     main answer's Server-Timing (its encode ended just before it was answered)."""
-    (main,) = [a for a in answers if a.label == main_label]
+    main = next(a for a in answers if a.label == main_label)
     if main.status != 200:
         return False
     ended = main.answered_s - main.timing_ms["encode"] / 1000
@@ -354,9 +373,10 @@ def run_scenario(
         if scenario.main is None:
             time.sleep(IDLE_S)
         else:
-            uploads = [scenario.main, *(hostile[i % len(hostile)] for i in range(scenario.hostile))]
+            copies = [scenario.main] * scenario.copies
+            uploads = [*copies, *(hostile[i % len(hostile)] for i in range(scenario.hostile))]
             for i, upload in enumerate(uploads):
-                if i == 1:
+                if i == scenario.copies:
                     time.sleep(HOSTILE_DELAY_S)
                 thread = threading.Thread(target=post, args=(port, upload, watch.began, answers))
                 thread.start()
@@ -428,7 +448,10 @@ def markdown(report: dict) -> str:
         f"{s['workers']} gunicorn worker with {s['inference_threads']} inference threads, "
         f"{s['request_threads']} request threads, a waiting room of {s['max_waiting']}, "
         f"pixel cap {s['max_pixels']:,} (x4: {s['max_pixels'] // 5:,}), deadline "
-        f"{s['deadline_s']:g} s. The scenarios ran in this order, {report['repeat']} passes "
+        f"{s['deadline_s']:g} s, precision {s['precision']}, replica memory "
+        f"{s['memory_mib']:,} MiB (SSM_MEMORY_BYTES), of which the worker's images may take "
+        f"{s['memory_for_images_mib']:,.0f} MiB (its memory ledger, from /supersizeme/model). "
+        f"The scenarios ran in this order, {report['repeat']} passes "
         "over them in the same service, so each starts with what the ones before it left in "
         "the worker. RSS in MiB: the peak is the larger of samples every "
         f"{SAMPLE_INTERVAL_S:g} s and the kernel's high-water mark (VmHWM, reset as the "
@@ -479,6 +502,9 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--repeat", type=int, default=2, help="passes over the scenarios")
+    parser.add_argument(
+        "--memory-mib", type=int, default=MEMORY_MIB, help="the replica's memory (MiB)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "memory", help="writes OUT.md, OUT.json")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so that the service is stopped on the way out.
@@ -489,6 +515,7 @@ def main() -> None:
         "SSM_WORKERS": "1",
         "SSM_MODEL_DIR": str(args.model.resolve()),
         "SSM_MAX_PIXELS": str(CAP),
+        "SSM_MEMORY_BYTES": str(args.memory_mib * 2**20),
     }
     # This process reads the settings the service will: the app's and gunicorn's.
     os.environ.update(environment)
@@ -505,6 +532,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as folder,
         running_front(dict(os.environ), Path(folder) / "front.log") as launcher,
     ):
+        model = model_info(port)
         for repetition in range(args.repeat):
             for scenario in plan:
                 run = run_scenario(port, launcher.pid, scenario, hostile)
@@ -530,6 +558,9 @@ def main() -> None:
             "request_threads": request_threads,
             "max_waiting": service["MAX_WAITING"],
             "max_pixels": CAP,
+            "precision": model["precision"],
+            "memory_mib": args.memory_mib,
+            "memory_for_images_mib": model["limits"]["memory_for_images_bytes"] / 2**20,
             "max_body_bytes": service["MAX_BODY_BYTES"],
             "deadline_s": service["DEADLINE_SECONDS"],
         },

@@ -18,6 +18,7 @@ from werkzeug.datastructures import MultiDict
 from benchmarks.imagefactory import encoded as factory_encoded
 from benchmarks.imagefactory import gradient, rgb48_png, srgb_profile
 from supersizeme.service.admission import InferenceGate
+from supersizeme.service.capacity import MemoryLedger, output_bytes
 from supersizeme.service.connection import SOCKET_KEY
 from supersizeme.service.tiling import Stop
 from supersizeme.service.upscaler import ModelSlot
@@ -215,12 +216,30 @@ def test_unknown_route_and_wrong_method_are_json(client):
 
 def test_not_ready_worker_answers_503_with_retry_after(app, client):
     loaded = app.extensions["supersizeme.model"]
-    app.extensions["supersizeme.model"] = ModelSlot(loaded.folder, loaded.settings, loaded.cap)
+    app.extensions["supersizeme.model"] = ModelSlot(loaded.folder, loaded.settings, loaded.limits)
     response = post(client, encoded(picture()))
     assert_error(response, 503, "not_ready")
     assert response.headers["Retry-After"]
     assert_error(client.get("/readyz"), 503, "not_ready")
     assert client.get("/healthz").status_code == 200
+
+
+def test_an_image_that_would_not_fit_beside_those_in_flight_gets_503(app, client):
+    slot = app.extensions["supersizeme.model"]
+    slot.memory = ledger = MemoryLedger(output_bytes(40 * 30, 2))
+    ledger.reserve(ledger.budget // 2)  # another image in flight
+    response = post(client, encoded(picture()))
+    body = assert_error(response, 503, "insufficient_memory")
+    assert response.headers["Retry-After"] and "retry shortly" in body["message"]
+    ledger.release(ledger.budget // 2)
+    served = post(client, encoded(picture()))
+    as_image(served)
+    assert ledger.reserved == output_bytes(40 * 30, 2)  # held until the answer is sent
+    served.close()  # as the server does once it has sent it
+    assert ledger.reserved == 0
+    body = assert_error(post(client, encoded(picture(size=(80, 60)))), 503, "insufficient_memory")
+    assert "more than the" in body["message"]
+    assert ledger.reserved == 0
 
 
 def test_deadline_gives_503(app, client):

@@ -276,3 +276,31 @@ def test_a_refused_upload_shows_the_apis_message_and_code(page, server):
     assert refusal["message"] in shown
     assert "unsupported_media_type" in shown and "HTTP 415" in shown
     assert page.is_hidden("#comparison")
+
+
+@pytest.mark.browser
+@pytest.mark.gunicorn
+def test_a_large_result_is_compared_on_a_crop_beside_a_shrunk_preview(page, server):
+    """Over 4 million output pixels the page compares a crop and previews the whole shrunk,
+    so that the script's bicubic never runs over a photo's whole result."""
+    original = lettering().resize((1100, 1000), Image.Resampling.BICUBIC)
+    page.set_input_files(
+        "#file", files=[{"name": "large.png", "mimeType": "image/png", "buffer": png(original)}]
+    )
+    assert finished(page) == "done"
+    assert "2200 × 2000 pixels (2× of 1100 × 1000)" in page.inner_text("#output-size")
+    size = page.eval_on_selector("#result", "img => [img.naturalWidth, img.naturalHeight]")
+    assert size == [1024, 768]
+    assert "1024 × 768 crop at the centre" in page.inner_text("#crop-note")
+    assert page.is_visible("#preview")
+    preview = page.eval_on_selector("#preview", "canvas => [canvas.width, canvas.height]")
+    assert preview == [1600, round(2000 * 1600 / 2200)]
+    # The crop starts at output pixel (588, 616), on whole input pixels; its bicubic side
+    # is exactly that region of Pillow's bicubic of the whole image.
+    whole = np.asarray(original.resize((2200, 2000), Image.Resampling.BICUBIC), np.int16)
+    assert np.array_equal(canvas_pixels(page, "#bicubic"), whole[616 : 616 + 768, 588 : 588 + 1024])
+    # The download is the whole result, not the crop.
+    assert page.get_attribute("#download", "download") == "supersized-x2.png"
+    with page.expect_download() as download:
+        page.click("#download")
+    assert Image.open(download.value.path()).size == (2200, 2000)

@@ -102,6 +102,16 @@ def test_resources_follow_the_load_table():
     assert int(env()["SSM_THREADS"]) * sizing["workers"] == sizing["cpu_limit"]
 
 
+def test_the_worst_case_was_measured_with_the_pods_memory_budget():
+    """The worker budgets its images from the pod's memory limit (its cgroup's), and
+    benchmarks/memory.py ran with the same replica memory, so that the worst case measured
+    is the one the limit must hold, with what the worker refuses there refused here too."""
+    measured = json.loads((REPO_ROOT / "benchmarks" / "memory.json").read_text())["settings"]
+    assert "SSM_MEMORY_BYTES" not in env()
+    limit = mebibytes(container()["resources"]["limits"]["memory"])
+    assert measured["memory_mib"] == limit, "rerun benchmarks.memory with --memory-mib LIMIT"
+
+
 def test_the_sizing_is_the_rule_on_the_soak_and_the_measured_worst_case():
     """load.json's sizing is what load.py's rule gives from the soak it records and from
     benchmarks/memory.json as it stands: a worst case measured anew without

@@ -15,6 +15,7 @@ from PIL import Image
 from benchmarks.imagefactory import gradient, grey_profile, jpeg, png, reopened
 from supersizeme.service.errors import Refused
 from supersizeme.service.images import Limits
+from supersizeme.service.levels import quantised
 from supersizeme.service.pipeline import Output, Timings, progressive, supersize, upscale_alpha
 from supersizeme.service.tiling import ClientGone, Stop, TiledUpscaler
 
@@ -25,10 +26,15 @@ class NearestX2:
     def __init__(self, factor: int = 2):
         self.factor = factor
         self.calls: list[tuple[np.ndarray, Stop | None]] = []
+        self.dtypes: list[type[np.generic]] = []
 
-    def __call__(self, rgb: np.ndarray, stop: Stop | None) -> np.ndarray:
+    def __call__(
+        self, rgb: np.ndarray, stop: Stop | None, dtype: type[np.generic] = np.float32
+    ) -> np.ndarray:
         self.calls.append((rgb.copy(), stop))
-        return rgb.repeat(self.factor, axis=0).repeat(self.factor, axis=1)
+        self.dtypes.append(dtype)
+        larger = rgb.repeat(self.factor, axis=0).repeat(self.factor, axis=1)
+        return larger if dtype == np.float32 else quantised(larger, dtype)
 
 
 def photo(mode: str = "RGB", size: tuple[int, int] = (20, 12)) -> Image.Image:
@@ -81,6 +87,22 @@ def test_x4_stops_within_a_tile_of_its_second_pass_when_the_client_hangs_up():
     with pytest.raises(ClientGone):
         progressive(np.zeros((20, 20, 3), np.float32), upscale, 4, stop)
     assert len(calls) == 6  # the whole first pass, then two tiles of the second
+
+
+@pytest.mark.parametrize(
+    ("mode", "scale", "dtypes"),
+    [
+        ("RGB", 2, [np.uint8]),
+        ("RGB", 4, [np.float32, np.uint8]),  # the second pass reads the first in float
+        ("L", 2, [np.float32]),  # grey is the mean of the channels, and may be 16-bit
+    ],
+)
+def test_colour_results_are_kept_in_8_bits_from_the_network_on(mode, scale, dtypes):
+    network = NearestX2()
+    data, _ = supersize(png(photo(mode)), network, Output(scale), Limits())
+    assert network.dtypes == dtypes
+    expected = np.asarray(photo(mode)).repeat(scale, axis=0).repeat(scale, axis=1)
+    np.testing.assert_array_equal(np.asarray(reopened(data)), expected)
 
 
 def test_a_network_that_cannot_make_the_scale_is_an_error_not_a_wrong_size():

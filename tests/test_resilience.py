@@ -37,6 +37,17 @@ def picture(width: int, height: int) -> bytes:
     return png(Image.fromarray(gradient(width, height)))
 
 
+def size_taking(port: int, seconds: float) -> tuple[int, int]:
+    """A 4:3 size whose inference takes the worker about ``seconds`` alone, by the speed it
+    measured at warm-up, so that a test holds on slow and fast hosts alike (within the cap
+    in force)."""
+    info = json.loads(request(port, "GET", "/supersizeme/model")[2])
+    pixels = seconds / info["runtime"]["seconds_per_megapixel"] * 1e6
+    pixels = min(pixels, info["limits"]["max_pixels"])
+    width = int((pixels * 4 / 3) ** 0.5)
+    return width, int(width * 3 / 4)
+
+
 def scrape(port: int) -> dict[tuple[str, frozenset], float]:
     status, _, body = request(port, "GET", "/metrics")
     assert status == 200
@@ -190,7 +201,7 @@ def slow_worker(shipped_model_dir, tmp_path_factory):
         "SSM_GUNICORN_THREADS": "4",
         # Set, so that it is kept: left unset, the worker would lower it to what fits in
         # half of this short deadline, and the large upload below would get 422.
-        "SSM_MAX_PIXELS": "2000000",
+        "SSM_MAX_PIXELS": "8000000",
     }
     with running_gunicorn(shipped_model_dir, log, env=env) as server:
         yield server
@@ -203,9 +214,10 @@ def worker_pid(port: int) -> int:
 def test_a_request_past_its_deadline_gets_503_and_frees_the_worker(slow_worker):
     port = slow_worker.port
     pid = worker_pid(port)
-    # 1600 x 1200 (just under the 2 MP cap) takes the shipped model about 25 s on a core.
+    # Four times the deadline's worth of inference, by the worker's own speed.
+    width, height = size_taking(port, 4 * DEADLINE)
     started = time.monotonic()
-    status, late_headers, body = request(port, "POST", UPSCALE, picture(1600, 1200))
+    status, late_headers, body = request(port, "POST", UPSCALE, picture(width, height))
     elapsed = time.monotonic() - started
     assert status == 503 and json.loads(body)["error"] == "deadline_exceeded"
     assert int(late_headers["Retry-After"]) > 0
@@ -220,14 +232,14 @@ def test_a_request_past_its_deadline_gets_503_and_frees_the_worker(slow_worker):
     lines = {line["request_id"]: line for line in request_lines(slow_worker.log_text())}
     late, small = lines[late_headers["X-Request-ID"]], lines[headers["X-Request-ID"]]
     assert (late["status"], late["error"], late["pid"]) == (503, "deadline_exceeded", pid)
-    assert "inference_s" not in late and late["pixels"] == 1600 * 1200
+    assert "inference_s" not in late and late["pixels"] == width * height
     assert (small["status"], small["pid"]) == (200, pid)
 
 
 def test_a_flood_gets_429s_while_health_checks_still_answer(slow_worker):
     port = slow_worker.port
     pid = worker_pid(port)
-    upload = picture(192, 192)  # about a second per image on one core
+    upload = picture(*size_taking(port, 1.0))  # seconds per image on one stream
     flood = 12
     start = threading.Barrier(flood + 1)
     refused = threading.Event()
@@ -270,7 +282,10 @@ def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(shipped_mod
     # Deadline 20 s, so gunicorn's graceful timeout is 30 s.
     env = {"SSM_DEADLINE_SECONDS": "20", "SSM_MAX_WAITING": "2"}
     with running_gunicorn(shipped_model_dir, tmp_path / "server.log", env=env) as server:
-        port, upload = server.port, picture(256, 256)
+        port = server.port
+        # Seconds each, so that all three are still in flight when the signal comes.
+        width, height = size_taking(port, 3.0)
+        upload = picture(width, height)
         with ThreadPoolExecutor(3) as pool:
             uploads = [pool.submit(request, port, "POST", UPSCALE, upload) for _ in range(3)]
             wait_for(lambda: value(scrape(port), "ssm_requests_in_flight") == 3, what="3 uploads")
@@ -291,7 +306,7 @@ def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(shipped_mod
         assert server.process.wait(timeout=40) == 0
         took = time.monotonic() - stopped
     assert [status for status, _, _ in answers] == [200, 200, 200]
-    assert all(Image.open(BytesIO(body)).size == (512, 512) for _, _, body in answers)
+    assert all(Image.open(BytesIO(body)).size == (2 * width, 2 * height) for _, _, body in answers)
     assert took < 30, took  # within the graceful timeout: nobody was killed
     log = server.log_text()
     assert "WORKER TIMEOUT" not in log and "SIGKILL" not in log

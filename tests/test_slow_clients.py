@@ -82,7 +82,7 @@ def wait_until_idle(port: int, seconds: float = 60) -> None:
 # -- clients that go away, on the shipped model (a tile takes a measurable time) -----------
 
 TILE = 128
-SIDE = 1000  # the abandoned uploads: 1 MP
+SIDE = 1000  # the abandoned uploads: 1 MP at least, more where tiles are fast
 STREAMS, WAITING = 2, 2  # room for two images running (a stream each) and two waiting
 HANG_UP = 2.0  # seconds after which the abandoning clients close
 SPAN = tile_spans(SIDE, TILE)[0][1]  # the tiles' kept core (125)
@@ -99,11 +99,17 @@ def shipped_worker(shipped_model_dir, tmp_path_factory):
         "SSM_STREAMS": str(STREAMS),
         "SSM_MAX_WAITING": str(WAITING),
         "SSM_GUNICORN_THREADS": "8",
-        # Set, so that it is kept: a worker measured slow at start-up would lower it.
-        "SSM_MAX_PIXELS": "2000000",
+        # Set, so that it is kept: the worker would choose its own from its speed.
+        "SSM_MAX_PIXELS": "8000000",
     }
     with running_gunicorn(shipped_model_dir, log, env=env) as server:
         yield server
+
+
+def lasting_side(tile: float, seconds: float) -> int:
+    """The side, in whole tiles of SPAN and at least SIDE, of a square upload that keeps one
+    stream busy for ``seconds`` at ``tile`` seconds a tile: on fast hosts, larger."""
+    return SPAN * max(SIDE // SPAN, math.ceil(math.sqrt(seconds / tile)))
 
 
 def seconds_per_tile(port: int) -> float:
@@ -133,12 +139,13 @@ def test_clients_that_hang_up_free_the_worker_within_a_tile(shipped_worker):
     wait_until_idle(port)
     pid = worker_pid(port)
     tile = seconds_per_tile(port)
-    # 1 MP uploads (dozens of tiles each), one more than the room holds, hung up on after two
-    # seconds (time for every one to be read and decoded on a busy machine): the last finds
-    # the room full. Without stopping, the worker would stay busy with whole images and turn
-    # the next upload away.
+    # Uploads of dozens of tiles each (five times the hang-up's worth on one stream), one
+    # more than the room holds, hung up on after two seconds (time for every one to be read
+    # and decoded on a busy machine): the last finds the room full. Without stopping, the
+    # worker would stay busy with whole images and turn the next upload away.
     count = STREAMS + WAITING + 1
-    upload, names = picture(SIDE, SIDE), [f"abandoned-{index}" for index in range(count)]
+    side = lasting_side(tile, 5 * HANG_UP)
+    upload, names = picture(side, side), [f"abandoned-{index}" for index in range(count)]
     clients = [
         threading.Thread(target=send_and_hang_up, args=(port, upload, name, HANG_UP))
         for name in names
@@ -178,7 +185,9 @@ def test_clients_that_hang_up_free_the_worker_within_a_tile(shipped_worker):
 def test_a_full_worker_answers_429_before_the_body_is_read(shipped_worker):
     port = shipped_worker.port
     wait_until_idle(port)
-    upload = picture(SIDE, SIDE)
+    # Fillers that hold the room for longer than the probes below take.
+    side = lasting_side(seconds_per_tile(port), 20.0)
+    upload = picture(side, side)
     fillers = []
     try:
         for _ in range(STREAMS + WAITING):  # the room is full

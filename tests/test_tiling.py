@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 
+from supersizeme.service.levels import quantised
 from supersizeme.service.tiling import (
     ClientGone,
     DeadlineExceeded,
@@ -47,6 +48,14 @@ def test_tiles_with_enough_overlap_match_the_whole_image(tile):
     whole = network(image[None])[0]
     tiled = TiledUpscaler(network, scale=2, overlap=4, tile=tile)(image)
     np.testing.assert_allclose(tiled, whole, atol=1e-6)
+
+
+def test_tiles_kept_as_uint8_are_the_float_result_rounded():
+    image = np.random.default_rng(2).random((61, 47, 3), dtype=np.float32) * 1.2 - 0.1
+    upscaler = TiledUpscaler(box_blur_network(passes=2), scale=2, overlap=2, tile=16)
+    levels = upscaler(image, dtype=np.uint8)
+    assert levels.dtype == np.uint8
+    np.testing.assert_array_equal(levels, quantised(upscaler(image), np.uint8))
 
 
 def test_too_little_overlap_shows_seams():

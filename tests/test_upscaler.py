@@ -10,13 +10,15 @@ import sys
 import numpy as np
 import pytest
 
+from supersizeme.machine import cpu_count
 from supersizeme.modelspec import ModelFolder, ModelFolderError
+from supersizeme.service import capacity
 from supersizeme.service import upscaler as upscaler_module
 from supersizeme.service.config import REPO_ROOT
 from supersizeme.service.runtime import RUNTIMES
-from supersizeme.service.upscaler import LoadSettings, ModelSlot, PixelCap, load, speed_cap
+from supersizeme.service.upscaler import LoadSettings, ModelSlot, PixelCap, load
 
-CAP = PixelCap(max_pixels=2_000_000, deadline_seconds=60.0)
+CAP = PixelCap(configured=None, deadline_seconds=60.0, memory_bytes=64 * 2**30)
 
 
 def copy_folder(source, tmp_path):
@@ -133,8 +135,11 @@ def test_shipped_model_tiled_equals_whole_on_1024x768(shipped_model_dir):
     image = np.clip(waves[..., None] + rng.normal(0, 0.05, (768, 1024, 3)), 0, 1)
     image = image.astype(np.float32)
 
+    # In float32, the precision the one-level bound is for; bfloat16 is checked against
+    # float32 by its own PSNR record (model.json's bfloat16_check).
     def levels(tile: int) -> np.ndarray:
-        upscaled = load(folder, LoadSettings(tile=tile, threads=2))(image)
+        settings = LoadSettings(precision="float32", tile=tile, threads=cpu_count())
+        upscaled = load(folder, settings)(image)
         return np.rint(np.clip(upscaled, 0, 1) * 255).astype(int)
 
     whole = levels(1024)
@@ -167,30 +172,63 @@ def test_the_derived_network_must_be_the_recorded_one(tiny_model_dir, tmp_path, 
         slot.load()
 
 
-def test_speed_cap_keeps_what_fits_in_half_the_deadline():
-    assert speed_cap(2_000_000, seconds_per_megapixel=10.0, deadline_seconds=60.0) == 2_000_000
-    # 30 s at 20 s per megapixel is 1.5 MP.
-    assert speed_cap(2_000_000, seconds_per_megapixel=20.0, deadline_seconds=60.0) == 1_500_000
-    assert speed_cap(2_000_000, seconds_per_megapixel=7.0, deadline_seconds=60.0) == 2_000_000
-    assert speed_cap(2_000_000, seconds_per_megapixel=1e6, deadline_seconds=1.0) == 10_000
+GIB = 2**30
 
 
-def test_a_slow_machine_lowers_the_default_cap_but_not_an_explicit_one(
-    tiny_model_dir, caplog, monkeypatch
-):
-    monkeypatch.setattr(upscaler_module, "RETIME_PAUSE_SECONDS", 0.01)
-    folder = ModelFolder.open(tiny_model_dir)
-    measured = load(folder, LoadSettings(tile=32)).seconds_per_megapixel
-    assert measured > 0
-    # A deadline so short that the tiny network's measured speed cannot serve 2 MP in half.
-    deadline = measured * 0.5
-    lowered = ModelSlot(folder, LoadSettings(tile=32), PixelCap(2_000_000, deadline))
-    lowered.load()
-    # Timed again before lowering: the best of the timings decides, never a worse one.
-    retimed = lowered.served.seconds_per_megapixel
-    assert retimed <= measured
-    assert lowered.max_pixels == speed_cap(2_000_000, retimed, deadline) < 2_000_000
-    assert "pixel cap lowered from 2000000" in caplog.text
-    kept = ModelSlot(folder, LoadSettings(tile=32), PixelCap(2_000_000, deadline, explicit=True))
-    kept.load()
-    assert kept.max_pixels == 2_000_000
+@pytest.fixture
+def fake_speed(monkeypatch):
+    """The worker's speed probes answer with the given seconds per megapixel (inference:
+    first the warm-up's, then the retimings'; encode), and its resting memory is 1 GiB."""
+    monkeypatch.setattr(upscaler_module, "RETIME_PAUSE_SECONDS", 0.0)
+    monkeypatch.setattr(upscaler_module, "resident_bytes", lambda: GIB)
+
+    def set_speed(inference: list[float], encode: float) -> None:
+        timings = iter(inference)
+        monkeypatch.setattr(upscaler_module, "measure_speed", lambda *_: next(timings))
+        monkeypatch.setattr(upscaler_module, "encode_seconds_per_megapixel", lambda: encode)
+
+    return set_speed
+
+
+def loaded_slot(tiny_model_dir, limits: PixelCap, tile: int) -> ModelSlot:
+    # A tile of its own for every test, so that no upscaler timed by another is cached.
+    slot = ModelSlot(ModelFolder.open(tiny_model_dir), LoadSettings(tile=tile), limits)
+    slot.load()
+    return slot
+
+
+def test_a_fast_worker_raises_its_cap_by_its_best_timing(tiny_model_dir, fake_speed, caplog):
+    caplog.set_level("INFO", logger="supersizeme")
+    # Timed at 1.6 s per MP, then at 1.3 once more: with 0.2 s of encode, 30 s serve 20 MP.
+    fake_speed([1.6, 1.3], encode=0.2)
+    slot = loaded_slot(tiny_model_dir, CAP, tile=41)
+    assert slot.served.seconds_per_megapixel == 1.3
+    assert (slot.max_pixels, slot.cap.decided_by) == (20_000_000, "speed")
+    assert "pixel cap 20000000, decided by speed" in caplog.text
+
+
+def test_a_slow_worker_keeps_the_cap_its_speed_allows(tiny_model_dir, fake_speed):
+    fake_speed([7.3, 7.3], encode=0.2)
+    slot = loaded_slot(tiny_model_dir, CAP, tile=42)
+    assert (slot.max_pixels, slot.cap.decided_by) == (4_000_000, "speed")
+
+
+def test_memory_decides_where_it_is_the_smaller_bound(tiny_model_dir, fake_speed):
+    fake_speed([0.3], encode=0.1)
+    limits = PixelCap(None, 60.0, memory_bytes=2 * GIB + capacity.HEADROOM_BYTES)
+    slot = loaded_slot(tiny_model_dir, limits, tile=43)
+    assert slot.cap.decided_by == "memory" and slot.memory.budget == GIB
+    assert capacity.output_bytes(slot.max_pixels, 2) <= GIB
+
+
+def test_an_explicit_cap_is_kept_with_a_warning(tiny_model_dir, fake_speed, caplog):
+    fake_speed([20.0], encode=0.2)
+    slot = loaded_slot(tiny_model_dir, PixelCap(3_000_000, 60.0, 64 * GIB), tile=44)
+    assert (slot.max_pixels, slot.cap.decided_by) == (3_000_000, "SSM_MAX_PIXELS")
+    assert "SSM_MAX_PIXELS=3000000 is kept as set" in caplog.text
+
+
+def test_the_real_probes_time_the_worker(tiny_model_dir):
+    slot = loaded_slot(tiny_model_dir, CAP, tile=45)
+    assert slot.served.seconds_per_megapixel > 0 and slot.encode_seconds_per_megapixel > 0
+    assert capacity.FLOOR_PIXELS <= slot.max_pixels <= capacity.CEILING_PIXELS

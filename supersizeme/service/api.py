@@ -21,6 +21,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from supersizeme.service.admission import InferenceGate, Overloaded
+from supersizeme.service.capacity import MemoryClaim, MemoryFull
 from supersizeme.service.connection import UploadClock, client_watch
 from supersizeme.service.errors import Refused
 from supersizeme.service.images import FORMATS, OUTPUT_FORMATS, Limits
@@ -60,6 +61,7 @@ HTTP_STATUS = {
     "format_cannot_carry_alpha": 422,
     "too_large_for_format": 422,
     "overloaded": 429,
+    "insufficient_memory": 503,
     # nginx's status for a client that closed its connection before the answer. Nobody
     # receives it: it exists for the request log and the metrics, so the API's contract
     # does not list it.
@@ -338,13 +340,32 @@ def upscale_image() -> ResponseReturnValue:
         raise overloaded() from None
 
 
-def upscale_upload(
-    model: ModelSlot, gate: InferenceGate, wanted: UpscaleRequest
-) -> ResponseReturnValue:
+def upscale_upload(model: ModelSlot, gate: InferenceGate, wanted: UpscaleRequest) -> Response:
     data = read_upload()
+    claim = MemoryClaim(model.memory, wanted.output.scale)
+    try:
+        response = upscale_claimed(model, gate, wanted, data, claim)
+    except BaseException:
+        claim.release()
+        raise
+    # The result's bytes are held until the server has sent them.
+    response.call_on_close(claim.release)
+    return response
+
+
+def upscale_claimed(
+    model: ModelSlot, gate: InferenceGate, wanted: UpscaleRequest, data: bytes, claim: MemoryClaim
+) -> Response:
     stop = Stop(time.monotonic() + wanted.deadline_seconds, client_watch(request.environ))
     timings = g.timings = Timings()
-    image = decode_for(data, wanted.limits, wanted.output, timings)
+
+    def admit(pixels: int) -> None:
+        try:
+            claim.admit(pixels)
+        except MemoryFull as full:
+            raise memory_full(full) from None
+
+    image = decode_for(data, wanted.limits, wanted.output, timings, admit)
     g.image_size = (image.width, image.height)
     waiting = time.perf_counter()
     try:
@@ -361,6 +382,21 @@ def upscale_upload(
     response.headers["Content-Disposition"] = f'inline; filename="{name}"'
     response.headers["Server-Timing"] = timings.server_timing()
     return response
+
+
+def memory_full(full: MemoryFull) -> Refused:
+    mib = 2**20
+    if full.needed > full.budget:
+        return retry_later(
+            "insufficient_memory",
+            f"This image needs about {full.needed / mib:,.0f} MiB, more than the "
+            f"{full.budget / mib:,.0f} MiB this worker has for images; send a smaller one.",
+        )
+    return retry_later(
+        "insufficient_memory",
+        f"This image needs about {full.needed / mib:,.0f} MiB and the images in flight leave "
+        f"{max(0, full.free) / mib:,.0f} MiB of this worker's memory; retry shortly.",
+    )
 
 
 def overloaded() -> Refused:
@@ -455,6 +491,8 @@ def model_info() -> ResponseReturnValue:
             "max_body_bytes": config["MAX_BODY_BYTES"],
             "max_pixels": model.max_pixels,
             "max_pixels_configured": config["MAX_PIXELS"],
+            "max_pixels_decided_by": model.cap.decided_by if model.cap else None,
+            "memory_for_images_bytes": model.memory.budget,
             "max_pixels_by_scale": {
                 str(scale): replace(limits(), scale=scale).pixel_cap for scale in SCALES
             },

@@ -12,6 +12,7 @@ from flask import Flask
 from supersizeme.modelspec import ModelFolder
 from supersizeme.service import config as settings
 from supersizeme.service.admission import InferenceGate
+from supersizeme.service.capacity import memory_limit_bytes
 from supersizeme.service.upscaler import LoadSettings, ModelSlot, PixelCap
 
 log = logging.getLogger("supersizeme")
@@ -73,7 +74,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             threads=config["THREADS"],
             streams=config["STREAMS"],
         ),
-        PixelCap(config["MAX_PIXELS"], config["DEADLINE_SECONDS"], config["MAX_PIXELS_SET"]),
+        PixelCap(
+            config["MAX_PIXELS"],
+            config["DEADLINE_SECONDS"],
+            config["MEMORY_BYTES"] or memory_limit_bytes(),
+            config["WORKERS"],
+        ),
     )
     app.extensions["supersizeme.model"] = slot
     app.extensions["supersizeme.gate"] = InferenceGate(

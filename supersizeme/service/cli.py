@@ -22,6 +22,7 @@ from pathlib import Path
 
 from supersizeme.machine import cpu_count
 from supersizeme.service import config as settings
+from supersizeme.service.capacity import CEILING_PIXELS
 from supersizeme.service.errors import Refused
 from supersizeme.service.images import FORMATS, Limits
 from supersizeme.service.pipeline import SCALES, Output, Upscale, supersize
@@ -75,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     upscale.add_argument(
         "--max-pixels",
         type=positive_int,
-        default=defaults["MAX_PIXELS"],
-        help="input pixel cap at x2, as the server's (default: %(default)s); "
-        "x4 allows a fifth of it",
+        default=defaults["MAX_PIXELS"] or CEILING_PIXELS,
+        help="input pixel cap at x2 (default: SSM_MAX_PIXELS where set, else what a 5 MB "
+        "upload carries, %(default)s: files have no deadline); x4 allows a fifth of it",
     )
     # Not options: the server's other settings, so that a file is judged as a POST is.
     upscale.set_defaults(min_side=defaults["MIN_SIDE"], tile=defaults["TILE"])

@@ -53,10 +53,12 @@ def from_environment() -> dict[str, Any]:
         # Tiles computed at once, sharing the threads; 0: one per thread (OpenVINO).
         "STREAMS": env("SSM_STREAMS", 0, int),
         "MAX_BODY_BYTES": env("SSM_MAX_BODY_BYTES", MAX_BODY_BYTES, int),
-        "MAX_PIXELS": env("SSM_MAX_PIXELS", Limits.max_pixels, int),
-        # An operator's cap is kept as set; the default one is lowered at start-up on a
-        # machine too slow to serve it within half the deadline (predictor.speed_cap).
-        "MAX_PIXELS_SET": bool(os.environ.get("SSM_MAX_PIXELS")),
+        # Input pixel cap at x2. An operator's cap is kept as set; left unset (None), each
+        # worker decides its own from its measured speed and memory (capacity.decide_cap).
+        "MAX_PIXELS": env("SSM_MAX_PIXELS", None, int),
+        # The replica's memory, which the workers share: by default its cgroup's limit.
+        "MEMORY_BYTES": env("SSM_MEMORY_BYTES", None, int),
+        "WORKERS": workers,
         "MIN_SIDE": env("SSM_MIN_SIDE", Limits.min_side, int),
         "DEADLINE_SECONDS": env("SSM_DEADLINE_SECONDS", 60.0, float),
         "UPLOAD_SECONDS": env("SSM_UPLOAD_SECONDS", 60.0, float),

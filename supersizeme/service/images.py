@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import struct
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
@@ -30,7 +30,10 @@ from io import BytesIO
 import numpy as np
 from PIL import ExifTags, Image, PngImagePlugin
 
+from supersizeme.machine import cpu_count
 from supersizeme.service.errors import Refused
+from supersizeme.service.levels import quantised
+from supersizeme.service.png import encode_png
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -125,17 +128,14 @@ _UPRIGHT = {
     8: Image.Transpose.ROTATE_90,
 }
 
-# zlib level 3. On 8 MP photo-like results (x2 at the 2 MP cap; benchmarks/encode.md) it
-# took 0.75 s of CPU for 9.0 MB, against 2.5 s for 8.1 MB at level 6 and 10.6 s for 7.9 MB
-# at level 9: the 1.7 s that level 6 adds to every such request outweighs sending its 11%
-# fewer bytes on any link faster than about 4 Mbit/s. Level 1 saves another 0.3 s for 7%
-# more bytes. Clients that count bytes can ask for webp.
-_PNG_OPTIONS: dict[str, object] = {"compress_level": 3}
+# PNG is written by supersizeme/service/png.py, on every core, not by Pillow (whose zlib
+# runs on one thread): see that module and benchmarks/encode.md.
+_PNG_OPTIONS: dict[str, object] = {}
 # Lossless, and exact: keep the colour under fully transparent pixels, which libwebp would
 # otherwise overwrite to save bytes. Effort is libwebp's -z 1 preset (quality 20, method 1):
-# on 8 MP photo-like results (benchmarks/encode.md) it took 1.1 s of CPU for 5.6 MB, 38%
-# smaller than PNG level 3, where Pillow's default (quality 80, method 4) took 6.1 s to save
-# another 4%. Method 0 took 0.4 s but its files were hardly smaller than PNG level 6's,
+# on 48 MP photo-like results (benchmarks/encode.md) it wrote files 23% smaller than PNG in
+# 7.5 s (libwebp encodes it on one thread), where Pillow's default (quality 80, method 4) took
+# 43 s for the same size. Method 0 took 3.3 s, but its files were only 8% smaller than PNG's,
 # which is not why clients ask for webp.
 _WEBP_OPTIONS: dict[str, object] = {"lossless": True, "exact": True, "quality": 20, "method": 1}
 # Quality 95 with 4:4:4 chroma: an upscaler's output is all fine detail, which Pillow's
@@ -258,8 +258,13 @@ def _unsupported_message(data: bytes) -> str:
     return f"The body is not a PNG or JPEG image; {_SUPPORTED}."
 
 
-def decode(data: bytes, limits: Limits) -> DecodedImage:
+def decode(
+    data: bytes, limits: Limits, admit: Callable[[int], None] | None = None
+) -> DecodedImage:
     """Validate and decode PNG or JPEG bytes into an upright float image.
+
+    ``admit`` is called with the image's pixel count once its header has passed the
+    checks, before any pixel is decoded; whatever it raises refuses the image there.
 
     Raises Refused for empty bodies, other formats, and images that are too large, too
     small, animated, too costly to parse or undecodable.
@@ -274,6 +279,8 @@ def decode(data: bytes, limits: Limits) -> DecodedImage:
             _check_png_structure(data)
         with _open(data, source_format) as header:
             _check_header(header, source_format, limits)
+            if admit is not None:
+                admit(header.width * header.height)
             # Pillow skips IDAT CRCs while decoding; verify() checks the CRC of every
             # chunk without decompressing anything. It is a no-op for JPEG.
             header.verify()
@@ -546,7 +553,8 @@ def encode(
     icc_profile: bytes | None = None,
     image_format: str = "png",
 ) -> bytes:
-    """Image bytes from a float HxWx3 image on the [0, 1] scale and optional HxW alpha.
+    """Image bytes from a float HxWx3 image on the [0, 1] scale (or, for colour, one
+    already rounded to uint8) and an optional float HxW alpha.
 
     Values are clipped to [0, 1] and rounded to the nearest level. Grey output takes the
     mean of the three channels: for grey input they are three estimates of one value,
@@ -565,22 +573,27 @@ def encode(
     grey = grayscale and output_format.grey
     if not output_format.alpha:
         alpha = None
+    if rgb.dtype == np.uint8 and grayscale:
+        raise ValueError("grey output is made from float samples, not from uint8 ones")
     colour = rgb
     if grayscale:
         colour = rgb.mean(axis=2, keepdims=True)
         if not grey:
             colour = np.repeat(colour, 3, axis=2)
     if sixteen_bit and grey and alpha is None and output_format.sixteen_bit:
-        samples = _quantised(colour[..., 0], np.uint16)
+        samples = quantised(colour[..., 0], np.uint16)
     else:
-        samples = _quantised(colour, np.uint8)
+        # A colour result may arrive already in 8 bits (tiling.TiledUpscaler's dtype).
+        samples = colour if colour.dtype == np.uint8 else quantised(colour, np.uint8)
         if alpha is not None:
-            samples = np.concatenate([samples, _quantised(alpha[..., None], np.uint8)], axis=2)
+            samples = np.concatenate([samples, quantised(alpha[..., None], np.uint8)], axis=2)
         if samples.shape[2] == 1:
             samples = samples[..., 0]
     if not grey and _is_grey_profile(icc_profile):
         # A grey input's profile cannot describe the RGB samples WebP needs.
         icc_profile = None
+    if output_format.name == "png":
+        return encode_png(samples, icc_profile, threads=cpu_count())
     buffer = BytesIO()
     # Pillow infers L, LA, RGB, RGBA or I;16 from the array's shape and dtype.
     Image.fromarray(samples).save(
@@ -594,7 +607,3 @@ def _is_grey_profile(icc_profile: bytes | None) -> bool:
     return icc_profile is not None and icc_profile[16:20] == b"GRAY"
 
 
-def _quantised(values: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
-    # Round to the nearest level: truncation would darken every pixel by half a level.
-    top = np.iinfo(dtype).max
-    return np.rint(np.clip(values, 0.0, 1.0) * top).astype(dtype)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -18,8 +19,14 @@ from PIL import Image
 from supersizeme.service.images import DecodedImage, Limits, check_encodable, decode, encode
 from supersizeme.service.tiling import Stop
 
-# An HxWx3 float image and when to give up on it (or None: never) -> the upscaled image.
-Upscale = Callable[[np.ndarray, Stop | None], np.ndarray]
+
+class Upscale(Protocol):
+    def __call__(
+        self, rgb: np.ndarray, stop: Stop | None, dtype: type[np.generic] = np.float32
+    ) -> np.ndarray:
+        """An HxWx3 float image, and when to give up on it (or None: never) -> the
+        upscaled image, as float32 or as rounded levels of ``dtype``."""
+        ...
 
 # x4 is the x2 network run twice (progressive upsampling), not a network of its own.
 SCALES = (2, 4)
@@ -68,32 +75,46 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     return np.asarray(mask.resize((width * scale, height * scale), Image.Resampling.BICUBIC))
 
 
-def progressive(rgb: np.ndarray, upscale: Upscale, scale: int, stop: Stop | None) -> np.ndarray:
+def progressive(
+    rgb: np.ndarray,
+    upscale: Upscale,
+    scale: int,
+    stop: Stop | None,
+    dtype: type[np.generic] = np.float32,
+) -> np.ndarray:
     """Run the network until the image is ``scale`` times larger: once for x2, twice for x4.
 
     Between passes the image is clipped to [0, 1], the range the network was trained
     on, as if its x2 result had been saved and sent again (but without rounding). Every
     pass checks ``stop`` between tiles, so one deadline covers them all and a client that
-    hangs up during either pass costs at most one more tile.
+    hangs up during either pass costs at most one more tile. The last pass gives ``dtype``.
     """
     height, width = rgb.shape[:2]
     while rgb.shape[0] < height * scale:
         if rgb.shape[0] > height:
             rgb = np.clip(rgb, 0.0, 1.0)
-        rgb = upscale(rgb, stop)
+        last = rgb.shape[0] * 2 >= height * scale
+        rgb = upscale(rgb, stop, dtype=dtype) if last else upscale(rgb, stop)
     if rgb.shape[:2] != (height * scale, width * scale):
         raise ValueError(f"the network's factor cannot make x{scale} in whole passes")
     return rgb
 
 
-def decode_for(data: bytes, limits: Limits, output: Output, timings: Timings) -> DecodedImage:
+def decode_for(
+    data: bytes,
+    limits: Limits,
+    output: Output,
+    timings: Timings,
+    admit: Callable[[int], None] | None = None,
+) -> DecodedImage:
     """Decode and validate ``data`` for the ``output`` asked for.
 
     ``limits`` are the x2 limits; the pixel cap shrinks for larger scales. Everything
-    that would refuse the image happens here, before any inference is spent on it.
+    that would refuse the image happens here, before any inference is spent on it;
+    ``admit`` (see ``images.decode``) gets the input's pixel count before it is decoded.
     """
     with timings.measure("decode"):
-        image = decode(data, replace(limits, scale=output.scale))
+        image = decode(data, replace(limits, scale=output.scale), admit)
         check_encodable(image, output.scale, output.image_format)
     return image
 
@@ -101,8 +122,11 @@ def decode_for(data: bytes, limits: Limits, output: Output, timings: Timings) ->
 def upscale_decoded(
     image: DecodedImage, upscale: Upscale, output: Output, stop: Stop | None, timings: Timings
 ) -> bytes:
+    # Colour results are kept as 8-bit levels from the network on: every output format
+    # writes colour in 8 bits. Grey ones stay float, for their channel mean and 16 bits.
+    dtype = np.float32 if image.grayscale else np.uint8
     with timings.measure("inference"):
-        rgb = progressive(image.rgb, upscale, output.scale, stop)
+        rgb = progressive(image.rgb, upscale, output.scale, stop, dtype)
         alpha = upscale_alpha(image.alpha, output.scale) if image.alpha is not None else None
     with timings.measure("encode"):
         return encode(

@@ -22,6 +22,15 @@ import numpy as np
 
 from supersizeme.machine import cpu_count, cpu_flags, reported_flags
 from supersizeme.modelspec import ModelFolder
+from supersizeme.service.capacity import (
+    FLOOR_PIXELS,
+    CapDecision,
+    MemoryLedger,
+    decide_cap,
+    encode_seconds_per_megapixel,
+    image_budget,
+    resident_bytes,
+)
 from supersizeme.service.runtime import choose_precision, load_network, stream_count
 from supersizeme.service.tiling import Stop, TiledUpscaler
 
@@ -34,7 +43,7 @@ _cache_lock = threading.Lock()
 # side, on every stream at once. Smaller probes miss the speed of the shape that is served
 # (bfloat16 kernels in particular run small tiles at a lower share of their peak).
 SPEED_PROBE_RUNS = 2
-RETIMINGS = 2
+RETIMINGS = 1
 RETIME_PAUSE_SECONDS = 1.0
 
 
@@ -67,10 +76,15 @@ class Upscaler:
     seconds_per_megapixel: float
 
     def __call__(
-        self, image: np.ndarray, stop: Stop | None = None, lanes: int | None = None
+        self,
+        image: np.ndarray,
+        stop: Stop | None = None,
+        lanes: int | None = None,
+        dtype: type[np.generic] = np.float32,
     ) -> np.ndarray:
-        """Upscale ``image`` on ``lanes`` streams at once (all of them unless given)."""
-        return self.tiled(image, stop, self.streams if lanes is None else lanes)
+        """Upscale ``image`` on ``lanes`` streams at once (all of them unless given), into
+        ``dtype`` (TiledUpscaler)."""
+        return self.tiled(image, stop, self.streams if lanes is None else lanes, dtype)
 
     @property
     def scale(self) -> int:
@@ -158,43 +172,42 @@ def open_upscaler(model_dir: str | Path, settings: LoadSettings | None = None) -
     return load(ModelFolder.open(model_dir), settings or LoadSettings(threads=cpu_count()))
 
 
-def speed_cap(max_pixels: int, seconds_per_megapixel: float, deadline_seconds: float) -> int:
-    """The largest input, in pixels, whose inference fits in half the deadline (at most
-    ``max_pixels``), rounded down to ten thousand pixels.
-
-    Half, so that an image at the cap can wait behind another request in the same worker,
-    and be decoded and encoded, and still finish in time.
-    """
-    servable = deadline_seconds / 2 / seconds_per_megapixel * 1e6
-    return min(max_pixels, max(10_000, int(servable) // 10_000 * 10_000))
-
-
 @dataclass(frozen=True)
 class PixelCap:
-    """The configured input pixel cap at x2, and whether an operator set it."""
+    """What the worker's pixel cap is decided from: an operator's cap (or None: decided by
+    the machine), the deadline, and the memory the worker's replica may use."""
 
-    max_pixels: int
+    configured: int | None
     deadline_seconds: float
-    explicit: bool = False
+    memory_bytes: int
+    workers: int = 1
 
 
 class ModelSlot:
     """One worker's model: loading, then ready (or failed), as /readyz reports it.
 
-    ``max_pixels`` is the cap in force: the configured one, lowered once the model is
-    timed if this machine could not serve it within half the deadline (unless an
-    operator set it).
+    Once the model is loaded and timed, ``cap`` is the pixel cap in force and what decided
+    it (capacity.decide_cap), and ``memory`` the ledger of its images' memory.
     """
 
-    def __init__(self, folder: ModelFolder, settings: LoadSettings, cap: PixelCap):
+    def __init__(self, folder: ModelFolder, settings: LoadSettings, limits: PixelCap):
         self.folder = folder
         self.settings = settings
-        self.cap = cap
-        self.max_pixels = cap.max_pixels
+        self.limits = limits
+        self.cap: CapDecision | None = None
+        self.memory = MemoryLedger(0)
+        self.encode_seconds_per_megapixel: float | None = None
         self.served: Upscaler | None = None
         self.error: str | None = None
         self.loaded_at: float | None = None
         self._ready = threading.Event()
+
+    @property
+    def max_pixels(self) -> int:
+        """The input pixel cap at x2 in force (before loading: the operator's, or the floor)."""
+        if self.cap is not None:
+            return self.cap.max_pixels
+        return self.limits.configured or FLOOR_PIXELS
 
     @property
     def precision(self) -> str:
@@ -212,9 +225,15 @@ class ModelSlot:
     def load(self) -> None:
         try:
             served = load(self.folder, self.settings)
-            if self._fitting(served) < self.cap.max_pixels:
+            encode = self.encode_seconds_per_megapixel = encode_seconds_per_megapixel()
+            budget = image_budget(self.limits.memory_bytes, self.limits.workers, resident_bytes())
+            cap = self._decide(served.seconds_per_megapixel + encode, budget)
+            if cap.decided_by == "speed":
                 served = self._timed_again(served)
-            self.max_pixels = self._cap_in_force(served)
+                cap = self._decide(served.seconds_per_megapixel + encode, budget)
+            self._report(cap, served)
+            self.memory = MemoryLedger(budget)
+            self.cap = cap
             self.served = served
             self.loaded_at = time.time()
         except Exception as exc:
@@ -223,12 +242,18 @@ class ModelSlot:
         finally:
             self._ready.set()
 
+    def _decide(self, seconds_per_megapixel: float, budget: int) -> CapDecision:
+        limits = self.limits
+        return decide_cap(
+            limits.configured, seconds_per_megapixel, limits.deadline_seconds, budget
+        )
+
     @staticmethod
     def _timed_again(served: Upscaler) -> Upscaler:
-        """The speed from a few more probes, a moment apart, before the cap is lowered.
+        """The speed from a few more probes, a moment apart, when the speed sets the cap.
 
         Workers that start together time themselves while their siblings still load their
-        models on the same cores; a cap is lowered for the machine's speed, not for that.
+        models on the same cores; the cap is for the machine's speed, not for that.
         """
         timings = [served.seconds_per_megapixel]
         for _ in range(RETIMINGS):
@@ -236,36 +261,35 @@ class ModelSlot:
             timings.append(measure_speed(served.tiled, served.streams))
         return replace(served, seconds_per_megapixel=min(timings))
 
-    def _fitting(self, served: Upscaler) -> int:
-        cap = self.cap
-        return speed_cap(cap.max_pixels, served.seconds_per_megapixel, cap.deadline_seconds)
-
-    def _cap_in_force(self, served: Upscaler) -> int:
-        cap = self.cap
-        fitting = self._fitting(served)
-        if fitting >= cap.max_pixels:
-            return cap.max_pixels
-        if cap.explicit:
-            log.warning(
-                "SSM_MAX_PIXELS=%d is kept as set, but at the measured %.1f s per megapixel "
-                "an image at the cap needs more than half the %g s deadline",
-                cap.max_pixels,
-                served.seconds_per_megapixel,
-                cap.deadline_seconds,
-            )
-            return cap.max_pixels
-        log.warning(
-            "pixel cap lowered from %d to %d: this machine measured %.1f s per megapixel "
-            "(%s, %s, %d threads), and an image at the cap must fit in half the %g s deadline",
-            cap.max_pixels,
-            fitting,
-            served.seconds_per_megapixel,
-            served.runtime,
-            served.precision,
-            served.threads,
-            cap.deadline_seconds,
+    def _report(self, cap: CapDecision, served: Upscaler) -> None:
+        speed = (
+            f"{served.seconds_per_megapixel:.2f} s of inference and "
+            f"{self.encode_seconds_per_megapixel:.2f} s of encoding per input megapixel "
+            f"({served.runtime}, {served.precision}, {served.threads} threads)"
         )
-        return fitting
+        if cap.decided_by == "SSM_MAX_PIXELS":
+            if cap.max_pixels > min(cap.speed_pixels, cap.memory_pixels):
+                log.warning(
+                    "SSM_MAX_PIXELS=%d is kept as set, above what this worker would choose "
+                    "(%d by speed in half the %g s deadline at %s; %d by memory): larger "
+                    "images may miss the deadline or be refused for memory",
+                    cap.max_pixels,
+                    cap.speed_pixels,
+                    self.limits.deadline_seconds,
+                    speed,
+                    cap.memory_pixels,
+                )
+            return
+        log.info(
+            "pixel cap %d, decided by %s: %d by speed (half the %g s deadline at %s), "
+            "%d by memory",
+            cap.max_pixels,
+            cap.decided_by,
+            cap.speed_pixels,
+            self.limits.deadline_seconds,
+            speed,
+            cap.memory_pixels,
+        )
 
     def load_in_background(self, on_failure: Callable[[ModelSlot], None]) -> threading.Thread:
         def run() -> None:

@@ -10,8 +10,19 @@ const els = {
   status: $("status"), error: $("error"), comparison: $("comparison"),
   stage: $("stage"), result: $("result"), bicubic: $("bicubic"), bicubicNote: $("bicubic-note"),
   split: $("split"), zoom: $("zoom"), outputSize: $("output-size"), timing: $("timing"),
-  download: $("download"),
+  download: $("download"), cropNote: $("crop-note"), whole: $("whole"), preview: $("preview"),
 };
+let cropUrl = null;
+
+// Above this many output pixels (a 12 MP photo's result has 48 million) the comparison is
+// made on a crop at the centre, and the whole result is shown as a shrunk preview: the
+// bicubic side is computed here, in script, at a few hundred nanoseconds a pixel, and a
+// page that drew every pixel of a photo's result would freeze for minutes.
+const WHOLE_PIXELS = 4_000_000;
+const CROP = { width: 1024, height: 768 };
+const PREVIEW_WIDTH = 1600;
+// Input pixels around a crop that its bicubic kernel reads (two at x2 and x4), and one more.
+const KERNEL_MARGIN = 3;
 let resultUrl = null;
 let uploads = 0; // a newer upload makes the answers of older ones stale
 
@@ -142,18 +153,18 @@ function showError({ message, code, status, requestId, allowed, retryAfter }) {
 
 async function showResult(file, blob, response, roundTrip, mine) {
   if (resultUrl) URL.revokeObjectURL(resultUrl);
+  if (cropUrl) URL.revokeObjectURL(cropUrl);
   resultUrl = URL.createObjectURL(blob);
-  els.result.src = resultUrl;
+  cropUrl = null;
+  let bitmap;
   try {
-    await els.result.decode();
+    bitmap = await createImageBitmap(blob); // decoded off the page's thread
   } catch {
     showError({ message: `This browser cannot show the server's ${blob.type} answer.` });
     return;
   }
-  const width = els.result.naturalWidth;
-  const height = els.result.naturalHeight;
-  els.result.alt = `${file.name} enlarged by the network to ${width} × ${height} pixels`;
-
+  const width = bitmap.width;
+  const height = bitmap.height;
   let original = null;
   try {
     original = await createImageBitmap(file); // upright, as the server makes it
@@ -161,6 +172,22 @@ async function showResult(file, blob, response, roundTrip, mine) {
     // a format this browser cannot decode: the result is still shown, without bicubic
   }
   if (mine !== uploads) return;
+  const scale = original ? width / original.width : 1;
+  const crop = width * height > WHOLE_PIXELS ? centreCrop(width, height, scale) : null;
+  if (crop) {
+    cropUrl = await croppedUrl(bitmap, crop);
+    await showPreview(bitmap);
+    els.cropNote.textContent =
+      `The result has ${(width * height / 1e6).toFixed(1)} million pixels: both sides are ` +
+      `compared on its ${crop.width} × ${crop.height} crop at the centre.`;
+  }
+  bitmap.close();
+  if (mine !== uploads) return;
+  els.cropNote.hidden = els.whole.hidden = !crop;
+  els.result.src = cropUrl || resultUrl;
+  await els.result.decode();
+  const shown = crop ? ` (its ${crop.width} × ${crop.height} centre)` : "";
+  els.result.alt = `${file.name} enlarged by the network to ${width} × ${height} pixels${shown}`;
   const from = original
     ? ` (${width / original.width}× of ${original.width} × ${original.height})`
     : "";
@@ -168,14 +195,14 @@ async function showResult(file, blob, response, roundTrip, mine) {
     `${width} × ${height} pixels${from}, ${formatBytes(blob.size)}, ${blob.type}`;
   els.timing.textContent = describeTiming(response.headers.get("Server-Timing"), roundTrip);
   els.download.href = resultUrl;
-  els.download.download = downloadName(response, blob, original && width / original.width);
+  els.download.download = downloadName(response, blob, original && scale);
 
   els.comparison.hidden = false;
   applyZoom();
   if (original) {
     setState("busy", "Computing the bicubic enlargement for comparison…");
     await new Promise((resolve) => setTimeout(resolve)); // let the status show first
-    drawBicubic(original, width, height);
+    drawBicubic(original, scale, crop || { x: 0, y: 0, width, height });
     original.close();
     els.bicubicNote.hidden = true;
   } else {
@@ -185,6 +212,37 @@ async function showResult(file, blob, response, roundTrip, mine) {
     els.bicubicNote.hidden = false;
   }
   setState("done", `Done: ${file.name} enlarged to ${width} × ${height}.`);
+}
+
+// The largest crop of at most CROP's size at the result's centre, on whole input pixels.
+function centreCrop(width, height, scale) {
+  const side = (room, most) => Math.min(room, most - (most % scale));
+  const crop = { width: side(width, CROP.width), height: side(height, CROP.height) };
+  const at = (room, size) => Math.floor((room - size) / 2 / scale) * scale;
+  return { ...crop, x: at(width, crop.width), y: at(height, crop.height) };
+}
+
+async function croppedUrl(bitmap, crop) {
+  const canvas = document.createElement("canvas");
+  canvas.width = crop.width;
+  canvas.height = crop.height;
+  canvas.getContext("2d").drawImage(
+    bitmap, crop.x, crop.y, crop.width, crop.height, 0, 0, crop.width, crop.height,
+  );
+  const png = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  return URL.createObjectURL(png);
+}
+
+async function showPreview(bitmap) {
+  const width = Math.min(PREVIEW_WIDTH, bitmap.width);
+  const height = Math.round((bitmap.height * width) / bitmap.width);
+  const small = await createImageBitmap(bitmap, {
+    resizeWidth: width, resizeHeight: height, resizeQuality: "high",
+  });
+  els.preview.width = width;
+  els.preview.height = height;
+  els.preview.getContext("2d").drawImage(small, 0, 0);
+  small.close();
 }
 
 function describeTiming(header, roundTrip) {
@@ -276,17 +334,31 @@ function bicubicResize(pixels, width, height, outWidth, outHeight) {
   return transpose(tall, outHeight, outWidth);
 }
 
-function drawBicubic(bitmap, outWidth, outHeight) {
+// Bicubic of the region ``crop`` (output pixels, on whole input pixels) of the enlarged
+// image: the input around it, with the margin its kernel reads, is enlarged alone and cut
+// to the crop. Pillow renormalises the weights only at the image's own edges, and the
+// margin keeps the cut's edges out of the crop, so its pixels are those of the whole.
+function drawBicubic(bitmap, scale, crop) {
+  const left = Math.max(0, crop.x / scale - KERNEL_MARGIN);
+  const top = Math.max(0, crop.y / scale - KERNEL_MARGIN);
+  const right = Math.min(bitmap.width, (crop.x + crop.width) / scale + KERNEL_MARGIN);
+  const bottom = Math.min(bitmap.height, (crop.y + crop.height) / scale + KERNEL_MARGIN);
+  const [inWidth, inHeight] = [right - left, bottom - top];
   const source = document.createElement("canvas");
-  source.width = bitmap.width;
-  source.height = bitmap.height;
+  source.width = inWidth;
+  source.height = inHeight;
   const sourceContext = source.getContext("2d", { willReadFrequently: true });
-  sourceContext.drawImage(bitmap, 0, 0);
-  const pixels = sourceContext.getImageData(0, 0, bitmap.width, bitmap.height).data;
-  const enlarged = bicubicResize(pixels, bitmap.width, bitmap.height, outWidth, outHeight);
-  els.bicubic.width = outWidth;
-  els.bicubic.height = outHeight;
-  els.bicubic.getContext("2d").putImageData(new ImageData(enlarged, outWidth, outHeight), 0, 0);
+  sourceContext.drawImage(bitmap, left, top, inWidth, inHeight, 0, 0, inWidth, inHeight);
+  const pixels = sourceContext.getImageData(0, 0, inWidth, inHeight).data;
+  const [outWidth, outHeight] = [inWidth * scale, inHeight * scale];
+  const enlarged = bicubicResize(pixels, inWidth, inHeight, outWidth, outHeight);
+  els.bicubic.width = crop.width;
+  els.bicubic.height = crop.height;
+  els.bicubic.getContext("2d").putImageData(
+    new ImageData(enlarged, outWidth, outHeight),
+    -(crop.x - left * scale), -(crop.y - top * scale),
+    crop.x - left * scale, crop.y - top * scale, crop.width, crop.height,
+  );
 }
 
 // --- Viewing ----------------------------------------------------------------------------

@@ -1,0 +1,131 @@
+"""A PNG writer for large results: filtered and compressed in stripes on every core.
+
+A x2 result has four times its input's pixels, so a 12 MP photo's is 48 MP, and zlib in
+one thread (Pillow's writer) takes seconds for it. Here the rows are cut into stripes; each
+stripe is filtered in numpy and compressed on its own thread into raw deflate blocks that
+end on a byte boundary (a sync flush), so that the stripes' blocks joined in order are one
+valid zlib stream, whose Adler-32 is taken over the filtered rows in order. Decoders see
+an ordinary PNG: one IHDR, an optional iCCP, IDAT chunks, IEND.
+
+Every stripe uses the Paeth filter (PNG filter type 4), which predicts each byte from its
+left, upper and upper-left neighbours; on photographs it leaves the smallest residuals of
+the five filters, and computing it for a whole stripe at once costs less than choosing a
+filter per row as Pillow does (benchmarks/encode.md compares them).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from isal import isal_zlib
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PAETH = 4
+# ISA-L's level 1 (of 0-3): on 48 MP photo-like results (benchmarks/encode.md) it wrote files
+# the size of zlib's level 3 in under half of zlib's time on the same stripes; levels 2
+# and 3 saved under 1 % more, and level 0 cost a fifth more bytes for no time saved.
+LEVEL = 1
+STRIPE_BYTES = 4 * 1024 * 1024  # of raw rows: enough per thread call to amortise it
+_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> L, LA, RGB, RGBA
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def paeth_filtered(rows: np.ndarray, above: np.ndarray, bpp: int) -> np.ndarray:
+    """``rows`` (h x row bytes, uint8) as Paeth-filtered scanlines, each with its filter
+    byte first; ``above`` is the row before the first (zeros at the image's top)."""
+    current = rows.astype(np.int16)
+    up = np.vstack([above[None].astype(np.int16), current[:-1]])
+    left = np.zeros_like(current)
+    left[:, bpp:] = current[:, :-bpp]
+    upper_left = np.zeros_like(current)
+    upper_left[:, bpp:] = up[:, :-bpp]
+    to_left = np.abs(up - upper_left)  # |p - a| with p = a + b - c
+    to_up = np.abs(left - upper_left)  # |p - b|
+    to_corner = np.abs(left + up - 2 * upper_left)  # |p - c|
+    predicted = np.where(
+        (to_left <= to_up) & (to_left <= to_corner),
+        left,
+        np.where(to_up <= to_corner, up, upper_left),
+    )
+    filtered = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
+    filtered[:, 0] = PAETH
+    filtered[:, 1:] = (current - predicted).astype(np.uint8)
+    return filtered
+
+
+def _scanlines(samples: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The image as rows of big-endian bytes, its bit depth and bytes per pixel."""
+    channels = 1 if samples.ndim == 2 else samples.shape[2]
+    if samples.dtype == np.uint16:
+        raw = samples.astype(">u2").view(np.uint8)
+        depth = 16
+    elif samples.dtype == np.uint8:
+        raw, depth = samples, 8
+    else:
+        raise ValueError(f"samples must be uint8 or uint16, not {samples.dtype}")
+    height, width = samples.shape[:2]
+    bpp = channels * depth // 8
+    return np.ascontiguousarray(raw).reshape(height, width * bpp), depth, bpp
+
+
+def _stripes(height: int, row_bytes: int) -> Iterator[tuple[int, int]]:
+    rows = max(1, STRIPE_BYTES // max(1, row_bytes))
+    for top in range(0, height, rows):
+        yield top, min(height, top + rows)
+
+
+def encode_png(
+    samples: np.ndarray,
+    icc_profile: bytes | None = None,
+    threads: int = 1,
+    level: int = LEVEL,
+    deflate: Any = isal_zlib,
+) -> bytes:
+    """PNG bytes of ``samples``: HxW grey, HxWx2 grey and alpha, HxWx3 RGB or HxWx4 RGBA,
+    uint8 (or uint16 for 16-bit), compressed on ``threads`` threads at once.
+
+    ``deflate`` is a module with zlib's ``compressobj`` (ISA-L's by default; the encode
+    benchmark compares others) and ``level`` its compression level."""
+    channels = 1 if samples.ndim == 2 else samples.shape[2]
+    if channels not in _COLOUR_TYPES:
+        raise ValueError(f"cannot write {channels} channels as PNG")
+    rows, depth, bpp = _scanlines(samples)
+    height, width = samples.shape[:2]
+    last = height - 1
+
+    def compress(span: tuple[int, int]) -> tuple[bytes, bytes]:
+        top, bottom = span
+        above = rows[top - 1] if top else np.zeros(rows.shape[1], np.uint8)
+        filtered = paeth_filtered(rows[top:bottom], above, bpp).tobytes()
+        compressor = deflate.compressobj(level, deflate.DEFLATED, -15)
+        end = deflate.Z_FINISH if bottom - 1 == last else deflate.Z_SYNC_FLUSH
+        return filtered, compressor.compress(filtered) + compressor.flush(end)
+
+    header = struct.pack(">IIBBBBB", width, height, depth, _COLOUR_TYPES[channels], 0, 0, 0)
+    parts = [PNG_SIGNATURE, _chunk(b"IHDR", header)]
+    if icc_profile:
+        parts.append(_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
+    checksum = 1
+    stripes = []
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="png") as pool:
+        for filtered, compressed in pool.map(compress, _stripes(height, rows.shape[1])):
+            checksum = zlib.adler32(filtered, checksum)
+            stripes.append(compressed)
+    # One IDAT chunk per stripe: the first opens the zlib stream with its header (a 32 KiB
+    # window, fast compression: RFC 1950), the last closes it with the Adler-32. Each
+    # stripe's bytes are replaced by its chunk as it is made, so the file is held twice at
+    # most (the chunks and the joined result), never three times.
+    stripes[0] = b"\x78\x01" + stripes[0]
+    stripes[-1] += struct.pack(">I", checksum)
+    for index, compressed in enumerate(stripes):
+        stripes[index] = _chunk(b"IDAT", compressed)
+    return b"".join([*parts, *stripes, _chunk(b"IEND", b"")])
