@@ -159,5 +159,6 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": hardware(), "rows": rows}, indent=2))
 
+
 if __name__ == "__main__":
     main()

@@ -237,9 +237,18 @@ def test_an_image_that_would_not_fit_beside_those_in_flight_gets_503(app, client
     assert ledger.reserved == output_bytes(40 * 30, 2)  # held until the answer is sent
     served.close()  # as the server does once it has sent it
     assert ledger.reserved == 0
-    body = assert_error(post(client, encoded(picture(size=(80, 60)))), 503, "insufficient_memory")
-    assert "more than the" in body["message"]
+    # One that could not fit even alone is the client's to change, not to retry.
+    too_large = post(client, encoded(picture(size=(80, 60))))
+    body = assert_error(too_large, 422, "too_many_pixels")
+    assert "more than the" in body["message"] and "Retry-After" not in too_large.headers
     assert ledger.reserved == 0
+    # Grey results are reserved at their own, larger rate.
+    ledger.budget = output_bytes(40 * 30, 2, grey=True) - 1
+    assert_error(post(client, encoded(picture("L"))), 422, "too_many_pixels")
+    ledger.budget = output_bytes(40 * 30, 2, grey=True)
+    grey = post(client, encoded(picture("L")))
+    assert as_image(grey).mode == "L" and ledger.reserved == ledger.budget
+    grey.close()
 
 
 def test_deadline_gives_503(app, client):
@@ -497,3 +506,6 @@ def test_model_metadata_lists_scales_and_formats(client):
     assert info["formats"] == ["png", "webp", "jpeg"]
     cap = info["limits"]["max_pixels"]
     assert info["limits"]["max_pixels_by_scale"] == {"2": cap, "4": cap // 5}
+    # In output pixels: x4's results stay under x2's, which a client can plan for.
+    outputs = info["limits"]["max_output_pixels_by_scale"]
+    assert outputs == {"2": 4 * cap, "4": 16 * (cap // 5)} and outputs["4"] < outputs["2"]

@@ -67,8 +67,9 @@ def test_the_memory_limit_is_the_cgroups_where_it_has_one(tmp_path, monkeypatch)
     assert capacity.memory_limit_bytes() > 0  # the machine's, with no limit set
 
 
-def test_x4_claims_four_times_the_memory_of_x2():
+def test_x4_claims_four_times_the_memory_of_x2_and_grey_twice_colours():
     assert capacity.output_bytes(1000, 4) == 4 * capacity.output_bytes(1000, 2)
+    assert capacity.output_bytes(1000, 2, grey=True) == 2 * capacity.output_bytes(1000, 2)
 
 
 def test_the_ledger_refuses_what_would_not_fit_beside_the_images_in_flight():

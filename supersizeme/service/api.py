@@ -91,7 +91,7 @@ def slot() -> ModelSlot:
 
 
 def limits() -> Limits:
-    # The cap in force: the configured one, or lower where this machine measured too slow.
+    # The cap in force: an operator's, or the one this worker chose from its speed and memory.
     return Limits(max_pixels=slot().max_pixels, min_side=current_app.config["MIN_SIDE"])
 
 
@@ -359,9 +359,9 @@ def upscale_claimed(
     stop = Stop(time.monotonic() + wanted.deadline_seconds, client_watch(request.environ))
     timings = g.timings = Timings()
 
-    def admit(pixels: int) -> None:
+    def admit(pixels: int, grey: bool) -> None:
         try:
-            claim.admit(pixels)
+            claim.admit(pixels, grey)
         except MemoryFull as full:
             raise memory_full(full) from None
 
@@ -387,8 +387,9 @@ def upscale_claimed(
 def memory_full(full: MemoryFull) -> Refused:
     mib = 2**20
     if full.needed > full.budget:
-        return retry_later(
-            "insufficient_memory",
+        # It would not fit even alone: retrying cannot help.
+        return Refused(
+            "too_many_pixels",
             f"This image needs about {full.needed / mib:,.0f} MiB, more than the "
             f"{full.budget / mib:,.0f} MiB this worker has for images; send a smaller one.",
         )
@@ -495,6 +496,10 @@ def model_info() -> ResponseReturnValue:
             "memory_for_images_bytes": model.memory.budget,
             "max_pixels_by_scale": {
                 str(scale): replace(limits(), scale=scale).pixel_cap for scale in SCALES
+            },
+            "max_output_pixels_by_scale": {
+                str(scale): replace(limits(), scale=scale).pixel_cap * scale**2
+                for scale in SCALES
             },
             "min_side": config["MIN_SIDE"],
             "deadline_seconds": config["DEADLINE_SECONDS"],

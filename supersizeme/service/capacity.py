@@ -12,7 +12,9 @@ expected to carry. Whichever bound is lowest decides, and ``/supersizeme/model``
 An operator's cap is kept as set; the memory ledger still refuses what would not fit.
 
 Memory per request is modelled from the output's pixels: the decoded input, the result
-and its encoded file all grow with them (benchmarks/memory.md measures the constant).
+and its encoded file all grow with them. A 12 MP photo took 8 to 12 bytes an output pixel
+above the worker's memory before it (benchmarks/memory.md, "one 12 MP photo", in two runs);
+the model reserves 16.
 """
 
 from __future__ import annotations
@@ -34,13 +36,20 @@ FLOOR_PIXELS = 10_000
 # JPEG at the qualities cameras and phones write, a 12 MP one 2-5 MB. Above this, bodies
 # within the 5 MB limit are images compressed far beyond what photographs are.
 CEILING_PIXELS = 24_000_000
-# The worker's peak memory above its resting memory, per output pixel, for x2 results:
-# decoded input, the result as uint8, the encoded PNG and its copies (benchmarks/memory.md,
-# "per output pixel"; x4 results, whose input is a sixteenth of their output, take less).
+# Reserved per output pixel of a colour result: its decoded input, the result in 8 bits,
+# the encoded PNG and its copies, above the 8 to 12 bytes a 12 MP photo took (x4 results,
+# whose input is a sixteenth of their output, take less).
 BYTES_PER_OUTPUT_PIXEL = 16
-# Headroom kept out of the budget: allocator slack, Python objects, gunicorn's own buffers.
-HEADROOM_BYTES = 256 * 2**20
-ENCODE_PROBE_SIDE = 1024
+# Grey results stay float until encoded (their channels are averaged, and may be 16-bit):
+# the float result (12 bytes), its channel mean (4), three equal channels again for WebP
+# (12), the samples and the file.
+GREY_BYTES_PER_OUTPUT_PIXEL = 32
+# Kept out of the budget: what the allocator holds on to after large requests (a worker
+# rested at 687 MiB after warm-up and at 1,632 MiB after a pass of benchmarks/memory.md's
+# scenarios), the PNG writer's per-thread buffers, and the rest of the replica (gunicorn's
+# master and the front, about 100 MiB).
+HEADROOM_BYTES = 1024 * 2**20
+ENCODE_PROBE_SIDE = 2048  # 12 MiB of rows: a stripe for each of three threads
 
 
 @dataclass(frozen=True)
@@ -104,19 +113,21 @@ def image_budget(limit_bytes: int, workers: int, resting_bytes: int) -> int:
     return max(0, limit_bytes // max(1, workers) - resting_bytes - HEADROOM_BYTES)
 
 
-def output_bytes(pixels: int, scale: int) -> int:
+def output_bytes(pixels: int, scale: int, grey: bool = False) -> int:
     """The memory modelled for a request of ``pixels`` input pixels at ``scale``."""
-    return pixels * scale * scale * BYTES_PER_OUTPUT_PIXEL
+    per_pixel = GREY_BYTES_PER_OUTPUT_PIXEL if grey else BYTES_PER_OUTPUT_PIXEL
+    return pixels * scale * scale * per_pixel
 
 
 def encode_seconds_per_megapixel() -> float:
-    """Seconds to encode a x2 result as PNG per input megapixel, measured now on a
-    photo-like image (smooth shapes, edges and fine noise)."""
+    """Seconds to encode a x2 result as PNG per input megapixel, measured now on every
+    core, from 8-bit samples as the served path has them: a photo-like image of smooth
+    shapes, edges and a sensor's noise."""
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:ENCODE_PROBE_SIDE, 0:ENCODE_PROBE_SIDE].astype(np.float32)
-    base = 0.5 + 0.25 * np.sin(x / 23.0) * np.cos(y / 17.0)
-    rgb = np.stack([base, base.T, base[::-1]], axis=2) + rng.normal(0, 0.02, (*base.shape, 3))
-    rgb = rgb.astype(np.float32)
+    base = 128 + 64 * np.sin(x / 23.0) * np.cos(y / 17.0)
+    levels = np.stack([base, base.T, base[::-1]], axis=2) + rng.normal(0, 3, (*base.shape, 3))
+    rgb = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
     fastest = float("inf")
     for _ in range(2):
         started = time.perf_counter()
@@ -165,8 +176,8 @@ class MemoryClaim:
         self._held = 0
         self._lock = threading.Lock()
 
-    def admit(self, pixels: int) -> None:
-        nbytes = output_bytes(pixels, self._scale)
+    def admit(self, pixels: int, grey: bool = False) -> None:
+        nbytes = output_bytes(pixels, self._scale, grey)
         self._ledger.reserve(nbytes)
         with self._lock:
             self._held += nbytes

@@ -134,9 +134,9 @@ _PNG_OPTIONS: dict[str, object] = {}
 # Lossless, and exact: keep the colour under fully transparent pixels, which libwebp would
 # otherwise overwrite to save bytes. Effort is libwebp's -z 1 preset (quality 20, method 1):
 # on 48 MP photo-like results (benchmarks/encode.md) it wrote files 23% smaller than PNG in
-# 7.5 s (libwebp encodes it on one thread), where Pillow's default (quality 80, method 4) took
-# 43 s for the same size. Method 0 took 3.3 s, but its files were only 8% smaller than PNG's,
-# which is not why clients ask for webp.
+# 6.9 s (libwebp encodes them on one thread), where Pillow's default (quality 80, method 4)
+# took 40 s for the same size. Method 0 took 3.8 s, but its files were only 8% smaller than
+# PNG's, which is not why clients ask for webp.
 _WEBP_OPTIONS: dict[str, object] = {"lossless": True, "exact": True, "quality": 20, "method": 1}
 # Quality 95 with 4:4:4 chroma: an upscaler's output is all fine detail, which Pillow's
 # default 4:2:0 would halve in colour.
@@ -187,8 +187,8 @@ class Limits:
     such images are reported as too_many_pixels regardless.
     """
 
-    # 2 MP fits in half the request deadline on two cores in float32 (benchmarks/runtime.md),
-    # so a request at the cap finishes even behind another; slower workers lower it at start.
+    # The cap of a Limits made without one (the fuzzer, tests); the server's is decided by
+    # each worker from its speed and memory (capacity.decide_cap).
     max_pixels: int = 2_000_000
     min_side: int = 8
     scale: int = 2
@@ -259,12 +259,13 @@ def _unsupported_message(data: bytes) -> str:
 
 
 def decode(
-    data: bytes, limits: Limits, admit: Callable[[int], None] | None = None
+    data: bytes, limits: Limits, admit: Callable[[int, bool], None] | None = None
 ) -> DecodedImage:
     """Validate and decode PNG or JPEG bytes into an upright float image.
 
-    ``admit`` is called with the image's pixel count once its header has passed the
-    checks, before any pixel is decoded; whatever it raises refuses the image there.
+    ``admit`` is called with the image's pixel count, and whether it is grey, once its
+    header and checksums have passed, before any pixel is decoded; whatever it raises
+    refuses the image there.
 
     Raises Refused for empty bodies, other formats, and images that are too large, too
     small, animated, too costly to parse or undecodable.
@@ -279,11 +280,12 @@ def decode(
             _check_png_structure(data)
         with _open(data, source_format) as header:
             _check_header(header, source_format, limits)
-            if admit is not None:
-                admit(header.width * header.height)
             # Pillow skips IDAT CRCs while decoding; verify() checks the CRC of every
             # chunk without decompressing anything. It is a no-op for JPEG.
             header.verify()
+            if admit is not None:
+                grey = header.mode in _GREY_MODES | _SIXTEEN_BIT_GREY_MODES
+                admit(header.width * header.height, grey)
         # verify() leaves the image unusable, so decoding needs a fresh open.
         with _open(data, source_format) as image:
             return _decoded(image, source_format)

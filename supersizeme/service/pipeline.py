@@ -22,11 +22,12 @@ from supersizeme.service.tiling import Stop
 
 class Upscale(Protocol):
     def __call__(
-        self, rgb: np.ndarray, stop: Stop | None, dtype: type[np.generic] = np.float32
+        self, rgb: np.ndarray, stop: Stop | None, *, dtype: type[np.generic] = np.float32
     ) -> np.ndarray:
         """An HxWx3 float image, and when to give up on it (or None: never) -> the
         upscaled image, as float32 or as rounded levels of ``dtype``."""
         ...
+
 
 # x4 is the x2 network run twice (progressive upsampling), not a network of its own.
 SCALES = (2, 4)
@@ -105,13 +106,13 @@ def decode_for(
     limits: Limits,
     output: Output,
     timings: Timings,
-    admit: Callable[[int], None] | None = None,
+    admit: Callable[[int, bool], None] | None = None,
 ) -> DecodedImage:
     """Decode and validate ``data`` for the ``output`` asked for.
 
     ``limits`` are the x2 limits; the pixel cap shrinks for larger scales. Everything
     that would refuse the image happens here, before any inference is spent on it;
-    ``admit`` (see ``images.decode``) gets the input's pixel count before it is decoded.
+    ``admit`` (see ``images.decode``) gets the input's size before it is decoded.
     """
     with timings.measure("decode"):
         image = decode(data, replace(limits, scale=output.scale), admit)

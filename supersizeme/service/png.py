@@ -7,10 +7,9 @@ end on a byte boundary (a sync flush), so that the stripes' blocks joined in ord
 valid zlib stream, whose Adler-32 is taken over the filtered rows in order. Decoders see
 an ordinary PNG: one IHDR, an optional iCCP, IDAT chunks, IEND.
 
-Every stripe uses the Paeth filter (PNG filter type 4), which predicts each byte from its
-left, upper and upper-left neighbours; on photographs it leaves the smallest residuals of
-the five filters, and computing it for a whole stripe at once costs less than choosing a
-filter per row as Pillow does (benchmarks/encode.md compares them).
+Every row uses the Paeth filter (PNG filter type 4), which predicts each byte from its
+left, upper and upper-left neighbours, computed for a whole stripe at once in numpy rather
+than chosen row by row; the files come out the size of Pillow's (benchmarks/encode.md).
 """
 
 from __future__ import annotations
@@ -18,18 +17,19 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from isal import isal_zlib
 
+from supersizeme.service.threads import mapped
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PAETH = 4
-# ISA-L's level 1 (of 0-3): on 48 MP photo-like results (benchmarks/encode.md) it wrote files
-# the size of zlib's level 3 in under half of zlib's time on the same stripes; levels 2
-# and 3 saved under 1 % more, and level 0 cost a fifth more bytes for no time saved.
-LEVEL = 1
+# ISA-L's level 2 (of 0-3): on 48 MP photo-like results (benchmarks/encode.md) levels 1 to 3
+# wrote files the size of zlib's level 3 in under half of zlib's time on the same stripes,
+# level 2 as fast as level 1 and a little smaller; level 0 cost a fifth more bytes.
+LEVEL = 2
 STRIPE_BYTES = 4 * 1024 * 1024  # of raw rows: enough per thread call to amortise it
 _COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> L, LA, RGB, RGBA
 
@@ -116,10 +116,9 @@ def encode_png(
         parts.append(_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
     checksum = 1
     stripes = []
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="png") as pool:
-        for filtered, compressed in pool.map(compress, _stripes(height, rows.shape[1])):
-            checksum = zlib.adler32(filtered, checksum)
-            stripes.append(compressed)
+    for filtered, compressed in mapped(compress, _stripes(height, rows.shape[1]), threads, "png"):
+        checksum = zlib.adler32(filtered, checksum)
+        stripes.append(compressed)
     # One IDAT chunk per stripe: the first opens the zlib stream with its header (a 32 KiB
     # window, fast compression: RFC 1950), the last closes it with the Adler-32. Each
     # stripe's bytes are replaced by its chunk as it is made, so the file is held twice at

@@ -42,8 +42,11 @@ MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Health checks and refusals take milliseconds; an image at the pixel cap takes up to half the
 # deadline, 60 s by default, and may wait as long again, so the buckets reach past a minute.
 SECONDS_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 45, 60, 90)
-# From thumbnails to above the default 2 MP cap (an operator may raise it).
-PIXEL_BUCKETS = (16_384, 65_536, 262_144, 500_000, 1_000_000, 1_500_000, 2_000_000, 4_000_000)
+# From thumbnails to the 24 MP ceiling of the pixel cap (capacity.CEILING_PIXELS).
+PIXEL_BUCKETS = (
+    16_384, 65_536, 262_144, 500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000,
+    12_500_000, 16_000_000, 24_000_000,
+)  # fmt: skip
 
 # Requests that matched no route (404, 405) share one label: a scanner trying thousands of
 # paths must not create thousands of series.

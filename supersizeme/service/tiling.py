@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from supersizeme.service.levels import quantised
+from supersizeme.service.threads import mapped
 
 # (1, h, w, 3) float32 in [0, 1] -> (1, h * scale, w * scale, 3) float32
 Network = Callable[[np.ndarray], np.ndarray]
@@ -155,17 +155,6 @@ class TiledUpscaler:
         # A cut is worth it only where the context it adds (an overlap on each side) is
         # small beside the piece it makes.
         boxes = tile_boxes(height, width, self.tile, lanes, min_cut=4 * pad)
-        if lanes == 1 or len(boxes) == 1:
-            for box in boxes:
-                run(box)
-            return output
-        with ThreadPoolExecutor(min(lanes, len(boxes)), thread_name_prefix="tile") as pool:
-            futures = [pool.submit(run, box) for box in boxes]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                # The tiles not started yet are dropped; those running finish their tile.
-                pool.shutdown(cancel_futures=True)
-                raise
+        # A tile that raises (the stop) drops the tiles not started; those running finish.
+        mapped(run, boxes, lanes, "tile")
         return output

@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from supersizeme.service.capacity import (
     resident_bytes,
 )
 from supersizeme.service.runtime import choose_precision, load_network, stream_count
+from supersizeme.service.threads import mapped
 from supersizeme.service.tiling import Stop, TiledUpscaler
 
 log = logging.getLogger("supersizeme")
@@ -96,10 +96,9 @@ def full_tiles(upscaler: TiledUpscaler, streams: int) -> float:
     ``streams`` streams at once."""
     side = upscaler.tile + 2 * upscaler.overlap
     tile = np.random.default_rng(0).random((1, side, side, 3), np.float32)
-    with ThreadPoolExecutor(streams) as pool:
-        started = time.perf_counter()
-        list(pool.map(upscaler.network, [tile] * streams))
-        return time.perf_counter() - started
+    started = time.perf_counter()
+    mapped(upscaler.network, [tile] * streams, streams, "warm-up")
+    return time.perf_counter() - started
 
 
 def warm_up(upscaler: TiledUpscaler, streams: int) -> None:
@@ -118,8 +117,9 @@ def measure_speed(upscaler: TiledUpscaler, streams: int = 1) -> float:
     tile on every stream at once, per pixel that a tile keeps.
 
     That is the cost of an interior tile. A large image's tiles at its borders need
-    context on fewer sides, so it runs a few percent faster than this (a 12 MP photo's
-    tiles compute 1.18 times what they keep, an interior tile 1.21 times).
+    context on fewer sides (a 12 MP photo's tiles compute 1.18 times what they keep, an
+    interior tile 1.21 times); on 12 MP images the estimate was within 10 % of the
+    inference measured, either way (benchmarks/latency.md, benchmarks/photo.md).
     """
     # The fastest of a few runs: the speed of the machine, not of whatever else was
     # starting on it at the same moment (other workers loading their models).
@@ -280,7 +280,9 @@ class ModelSlot:
                     cap.memory_pixels,
                 )
             return
-        log.info(
+        # A floor the memory cannot hold refuses even small images: say so loudly.
+        report = log.warning if cap.memory_pixels < FLOOR_PIXELS else log.info
+        report(
             "pixel cap %d, decided by %s: %d by speed (half the %g s deadline at %s), "
             "%d by memory",
             cap.max_pixels,

@@ -17,10 +17,10 @@ let cropUrl = null;
 // Above this many output pixels (a 12 MP photo's result has 48 million) the comparison is
 // made on a crop at the centre, and the whole result is shown as a shrunk preview: the
 // bicubic side is computed here, in script, at a few hundred nanoseconds a pixel, and a
-// page that drew every pixel of a photo's result would freeze for minutes.
+// page that computed every pixel of a photo's result would freeze for tens of seconds.
 const WHOLE_PIXELS = 4_000_000;
 const CROP = { width: 1024, height: 768 };
-const PREVIEW_WIDTH = 1600;
+const PREVIEW = { width: 1600, height: 1200 };
 // Input pixels around a crop that its bicubic kernel reads (two at x2 and x4), and one more.
 const KERNEL_MARGIN = 3;
 let resultUrl = null;
@@ -152,15 +152,13 @@ function showError({ message, code, status, requestId, allowed, retryAfter }) {
 }
 
 async function showResult(file, blob, response, roundTrip, mine) {
-  if (resultUrl) URL.revokeObjectURL(resultUrl);
-  if (cropUrl) URL.revokeObjectURL(cropUrl);
-  resultUrl = URL.createObjectURL(blob);
-  cropUrl = null;
   let bitmap;
   try {
     bitmap = await createImageBitmap(blob); // decoded off the page's thread
   } catch {
-    showError({ message: `This browser cannot show the server's ${blob.type} answer.` });
+    if (mine === uploads) {
+      showError({ message: `This browser cannot show the server's ${blob.type} answer.` });
+    }
     return;
   }
   const width = bitmap.width;
@@ -171,23 +169,40 @@ async function showResult(file, blob, response, roundTrip, mine) {
   } catch {
     // a format this browser cannot decode: the result is still shown, without bicubic
   }
-  if (mine !== uploads) return;
   const scale = original ? width / original.width : 1;
   const crop = width * height > WHOLE_PIXELS ? centreCrop(width, height, scale) : null;
-  if (crop) {
-    cropUrl = await croppedUrl(bitmap, crop);
-    await showPreview(bitmap);
+  // Made here, published below only if no newer upload has come meanwhile.
+  const cropped = crop ? await croppedUrl(bitmap, crop) : null;
+  const preview = crop ? await shrunk(bitmap) : null;
+  bitmap.close();
+  if (mine !== uploads) {
+    if (cropped) URL.revokeObjectURL(cropped);
+    preview?.close();
+    original?.close();
+    return;
+  }
+  if (resultUrl) URL.revokeObjectURL(resultUrl);
+  if (cropUrl) URL.revokeObjectURL(cropUrl);
+  resultUrl = URL.createObjectURL(blob);
+  cropUrl = cropped;
+  if (preview) {
+    els.preview.width = preview.width;
+    els.preview.height = preview.height;
+    els.preview.getContext("2d").drawImage(preview, 0, 0);
+    preview.close();
     els.cropNote.textContent =
       `The result has ${(width * height / 1e6).toFixed(1)} million pixels: both sides are ` +
       `compared on its ${crop.width} × ${crop.height} crop at the centre.`;
   }
-  bitmap.close();
-  if (mine !== uploads) return;
   els.cropNote.hidden = els.whole.hidden = !crop;
   els.result.src = cropUrl || resultUrl;
   await els.result.decode();
-  const shown = crop ? ` (its ${crop.width} × ${crop.height} centre)` : "";
-  els.result.alt = `${file.name} enlarged by the network to ${width} × ${height} pixels${shown}`;
+  if (mine !== uploads) {
+    original?.close();
+    return;
+  }
+  const part = crop ? ` (its ${crop.width} × ${crop.height} centre)` : "";
+  els.result.alt = `${file.name} enlarged by the network to ${width} × ${height} pixels${part}`;
   const from = original
     ? ` (${width / original.width}× of ${original.width} × ${original.height})`
     : "";
@@ -233,16 +248,14 @@ async function croppedUrl(bitmap, crop) {
   return URL.createObjectURL(png);
 }
 
-async function showPreview(bitmap) {
-  const width = Math.min(PREVIEW_WIDTH, bitmap.width);
-  const height = Math.round((bitmap.height * width) / bitmap.width);
-  const small = await createImageBitmap(bitmap, {
-    resizeWidth: width, resizeHeight: height, resizeQuality: "high",
+// The whole result within PREVIEW's box, aspect kept, resized off the page's thread.
+function shrunk(bitmap) {
+  const factor = Math.min(1, PREVIEW.width / bitmap.width, PREVIEW.height / bitmap.height);
+  return createImageBitmap(bitmap, {
+    resizeWidth: Math.round(bitmap.width * factor),
+    resizeHeight: Math.round(bitmap.height * factor),
+    resizeQuality: "high",
   });
-  els.preview.width = width;
-  els.preview.height = height;
-  els.preview.getContext("2d").drawImage(small, 0, 0);
-  small.close();
 }
 
 function describeTiming(header, roundTrip) {
