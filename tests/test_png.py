@@ -46,6 +46,14 @@ def paeth_by_the_spec(rows: np.ndarray, bpp: int) -> np.ndarray:
     return out
 
 
+def test_adler32_of_a_join_is_combined_from_its_parts():
+    data = RNG.integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    for cut in (0, 1, 65_521, 100_000, 200_000):
+        first, second = data[:cut], data[cut:]
+        combined = png.adler32_combine(zlib.adler32(first), zlib.adler32(second), len(second))
+        assert combined == zlib.adler32(data), cut
+
+
 def test_the_paeth_filter_is_the_specifications():
     rows = RNG.integers(0, 256, (6, 15), dtype=np.uint8)
     expected = paeth_by_the_spec(rows, bpp=3)

@@ -62,10 +62,6 @@ class CapDecision:
     memory_pixels: int  # what the memory alone would allow
 
 
-def pixels_within(seconds: float, seconds_per_megapixel: float) -> int:
-    return int(seconds / seconds_per_megapixel * 1e6)
-
-
 def decide_cap(
     configured: int | None,
     seconds_per_megapixel: float,
@@ -75,7 +71,7 @@ def decide_cap(
     """The cap for ``configured`` (an operator's SSM_MAX_PIXELS, or None), a worker that
     takes ``seconds_per_megapixel`` per input megapixel at x2 (inference and encode) and
     has ``image_bytes`` of memory for its images; rounded down to ten thousand pixels."""
-    speed = pixels_within(deadline_seconds / 2, seconds_per_megapixel)
+    speed = int(deadline_seconds / 2 / seconds_per_megapixel * 1e6)
     memory = image_bytes // (4 * BYTES_PER_OUTPUT_PIXEL)
     if configured is not None:
         return CapDecision(configured, "SSM_MAX_PIXELS", speed, memory)

@@ -133,10 +133,10 @@ _UPRIGHT = {
 _PNG_OPTIONS: dict[str, object] = {}
 # Lossless, and exact: keep the colour under fully transparent pixels, which libwebp would
 # otherwise overwrite to save bytes. Effort is libwebp's -z 1 preset (quality 20, method 1):
-# on 48 MP photo-like results (benchmarks/encode.md) it wrote files 23% smaller than PNG in
-# 6.9 s (libwebp encodes them on one thread), where Pillow's default (quality 80, method 4)
-# took 40 s for the same size. Method 0 took 3.8 s, but its files were only 8% smaller than
-# PNG's, which is not why clients ask for webp.
+# on 48 MP photo-like results (benchmarks/encode.md, one run on an AMD EPYC with AVX-512
+# BF16) it wrote files 23% smaller than PNG in 6.9 s (libwebp encodes them on one thread),
+# where Pillow's default (quality 80, method 4) took 40 s for the same size. Method 0 took
+# 3.8 s, but its files were only 8% smaller than PNG's, which is not why clients ask for webp.
 _WEBP_OPTIONS: dict[str, object] = {"lossless": True, "exact": True, "quality": 20, "method": 1}
 # Quality 95 with 4:4:4 chroma: an upscaler's output is all fine detail, which Pillow's
 # default 4:2:0 would halve in colour.

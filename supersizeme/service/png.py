@@ -4,7 +4,8 @@ A x2 result has four times its input's pixels, so a 12 MP photo's is 48 MP, and 
 one thread (Pillow's writer) takes seconds for it. Here the rows are cut into stripes; each
 stripe is filtered in numpy and compressed on its own thread into raw deflate blocks that
 end on a byte boundary (a sync flush), so that the stripes' blocks joined in order are one
-valid zlib stream, whose Adler-32 is taken over the filtered rows in order. Decoders see
+valid zlib stream; each stripe's Adler-32 is taken on its thread and the stream's is
+combined from them, so that no stripe's filtered rows outlive its compression. Decoders see
 an ordinary PNG: one IHDR, an optional iCCP, IDAT chunks, IEND.
 
 Every row uses the Paeth filter (PNG filter type 4), which predicts each byte from its
@@ -26,9 +27,10 @@ from supersizeme.service.threads import mapped
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PAETH = 4
-# ISA-L's level 2 (of 0-3): on 48 MP photo-like results (benchmarks/encode.md) levels 1 to 3
-# wrote files the size of zlib's level 3 in under half of zlib's time on the same stripes,
-# level 2 as fast as level 1 and a little smaller; level 0 cost a fifth more bytes.
+# ISA-L's level 2 (of 0-3): on 48 MP photo-like results (benchmarks/encode.md, one run on an
+# AMD EPYC with AVX-512 BF16) levels 1 to 3 wrote files the size of zlib's level 3 in under
+# half of zlib's time on the same stripes, level 2 as fast as level 1 and a little smaller;
+# level 0 cost a fifth more bytes.
 LEVEL = 2
 STRIPE_BYTES = 4 * 1024 * 1024  # of raw rows: enough per thread call to amortise it
 _COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> L, LA, RGB, RGBA
@@ -60,6 +62,23 @@ def paeth_filtered(rows: np.ndarray, above: np.ndarray, bpp: int) -> np.ndarray:
     filtered[:, 0] = PAETH
     filtered[:, 1:] = (current - predicted).astype(np.uint8)
     return filtered
+
+
+ADLER_BASE = 65521  # the largest prime below 2**16 (RFC 1950)
+
+
+def adler32_combine(first: int, second: int, second_length: int) -> int:
+    """The Adler-32 of two byte strings joined, from each one's and the second's length.
+
+    Adler-32 is two sums modulo 65521: A, the bytes plus one, and B, the running A's. After
+    the join the second's A grows by the first's A - 1, and its B by the first's B plus
+    second_length times (the first's A - 1).
+    """
+    a1, b1 = first & 0xFFFF, first >> 16
+    a2, b2 = second & 0xFFFF, second >> 16
+    a = (a1 + a2 - 1) % ADLER_BASE
+    b = (b1 + b2 + second_length * (a1 - 1)) % ADLER_BASE
+    return a | b << 16
 
 
 def _scanlines(samples: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -102,13 +121,14 @@ def encode_png(
     height, width = samples.shape[:2]
     last = height - 1
 
-    def compress(span: tuple[int, int]) -> tuple[bytes, bytes]:
+    def compress(span: tuple[int, int]) -> tuple[int, int, bytes]:
         top, bottom = span
         above = rows[top - 1] if top else np.zeros(rows.shape[1], np.uint8)
         filtered = paeth_filtered(rows[top:bottom], above, bpp).tobytes()
         compressor = deflate.compressobj(level, deflate.DEFLATED, -15)
         end = deflate.Z_FINISH if bottom - 1 == last else deflate.Z_SYNC_FLUSH
-        return filtered, compressor.compress(filtered) + compressor.flush(end)
+        compressed = compressor.compress(filtered) + compressor.flush(end)
+        return zlib.adler32(filtered), len(filtered), compressed
 
     header = struct.pack(">IIBBBBB", width, height, depth, _COLOUR_TYPES[channels], 0, 0, 0)
     parts = [PNG_SIGNATURE, _chunk(b"IHDR", header)]
@@ -116,8 +136,10 @@ def encode_png(
         parts.append(_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
     checksum = 1
     stripes = []
-    for filtered, compressed in mapped(compress, _stripes(height, rows.shape[1]), threads, "png"):
-        checksum = zlib.adler32(filtered, checksum)
+    for adler, length, compressed in mapped(
+        compress, _stripes(height, rows.shape[1]), threads, "png"
+    ):
+        checksum = adler32_combine(checksum, adler, length)
         stripes.append(compressed)
     # One IDAT chunk per stripe: the first opens the zlib stream with its header (a 32 KiB
     # window, fast compression: RFC 1950), the last closes it with the Adler-32. Each
