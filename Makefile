@@ -65,7 +65,8 @@ test-fast: install-dev
 
 # What gpu/run.sh needs on a GPU machine that has PyTorch but not the data (see docs/model.md
 # "Training on a GPU machine"): the training images with Set5 for the validation read-out,
-# and the shipped model's checkpoint as init.npz for gpu/jobs.txt's --init-from (git-ignored).
+# and the shipped models' checkpoints as init.npz for gpu/jobs.txt's --init-from and
+# init-photo.npz for gpu/jobs-photo.txt's (git-ignored).
 DATASETS ?= ../shared/datasets
 gpu-bundle: install
 	rm -rf .gpu-data
@@ -73,6 +74,7 @@ gpu-bundle: install
 	cp -r $(DATASETS)/train .gpu-data/train
 	cp -r $(DATASETS)/benchmark/set5 .gpu-data/set5
 	cp models/rdn-C3-D6-G32-G032-x2/training-checkpoint.npz .gpu-data/init.npz
+	cp models/rdn-C3-D6-G32-G032-x2-jpeg/training-checkpoint.npz .gpu-data/init-photo.npz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .gpu-data

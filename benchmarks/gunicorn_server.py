@@ -67,10 +67,19 @@ def gunicorn_command() -> list[str]:
 
 @contextmanager
 def running_gunicorn(
-    model_dir: Path, log: Path, workers: int = 1, env: dict[str, str] | None = None
+    model_dir: Path,
+    log: Path,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    photo_model_dir: Path | None = None,
 ) -> Iterator[Server]:
-    """gunicorn on a free port, yielded once /readyz says 200; SIGTERM and wait after."""
-    with running(gunicorn_command(), "gunicorn", model_dir, log, workers, env) as server:
+    """gunicorn on a free port, yielded once /readyz says 200; SIGTERM and wait after.
+
+    ``model_dir`` is the clean model; ``photo_model_dir`` the photo model, or None for
+    none (JPEG uploads then go to the clean model too)."""
+    with running(
+        gunicorn_command(), "gunicorn", (model_dir, photo_model_dir), log, workers, env
+    ) as server:
         yield server
 
 
@@ -81,12 +90,18 @@ def front_command() -> list[str]:
 
 @contextmanager
 def running_front(
-    model_dir: Path, log: Path, workers: int = 1, env: dict[str, str] | None = None
+    model_dir: Path,
+    log: Path,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    photo_model_dir: Path | None = None,
 ) -> Iterator[Server]:
     """The service as `make serve` starts it (nginx on a free loopback port, gunicorn on a
     unix socket behind it), yielded once /readyz through nginx says 200; SIGTERM and wait
-    after. ``process`` is the launcher."""
-    with running(front_command(), "the front", model_dir, log, workers, env) as server:
+    after. ``process`` is the launcher; the models as for ``running_gunicorn``."""
+    with running(
+        front_command(), "the front", (model_dir, photo_model_dir), log, workers, env
+    ) as server:
         yield server
 
 
@@ -94,17 +109,19 @@ def running_front(
 def running(
     command: list[str],
     name: str,
-    model_dir: Path,
+    models: tuple[Path, Path | None],
     log: Path,
     workers: int,
     env: dict[str, str] | None,
 ) -> Iterator[Server]:
     port = free_port()
+    model_dir, photo_model_dir = models
     environment = {
         **os.environ,
         "SSM_BIND": f"127.0.0.1:{port}",
         "SSM_WORKERS": str(workers),
         "SSM_MODEL_DIR": str(model_dir),
+        "SSM_PHOTO_MODEL_DIR": str(photo_model_dir) if photo_model_dir else "none",
         **(env or {}),
     }
     with open(log, "wb") as output:

@@ -42,7 +42,7 @@ from benchmarks.arguments import benchmark_parser
 from benchmarks.gunicorn_server import running_gunicorn, worker_pids
 from benchmarks.latency import photo_like
 from supersizeme.machine import cpu_count, hardware
-from supersizeme.service.config import default_workers, env
+from supersizeme.service.config import default_workers, env, photo_model_dir
 
 HERE = Path(__file__).resolve().parent
 
@@ -268,7 +268,11 @@ def drive(
 def run_local(model: Path, workers: int, concurrency: int, minutes: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "gunicorn.log"
-        with running_gunicorn(model, log, workers=workers) as server:
+        # The clean model asked for, beside the photo model a default service holds.
+        photo = photo_model_dir()
+        with running_gunicorn(
+            model, log, workers=workers, photo_model_dir=Path(photo) if photo else None
+        ) as server:
             address = ("127.0.0.1", server.port)
             wait_for_workers(address, workers)
             result = drive(address, concurrency, minutes, server.process.pid)

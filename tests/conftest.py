@@ -1,7 +1,9 @@
-"""Fixtures shared by the suite: a tiny RDN model folder, the app and its test client.
+"""Fixtures shared by the suite: tiny RDN model folders, the app and its test client.
 
 The tiny RDN (C1-D1-G4) runs through the real loading and tiling code in milliseconds;
-tests that need the shipped model's quality use ``shipped_model_dir`` instead.
+the app serves it as its clean model and a second one, of other weights, as its photo
+model, so that routing shows in the results. Tests that need the shipped models' quality
+use ``shipped_model_dir`` and ``shipped_photo_model_dir`` instead.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import pytest
 from hosts import HOST_KINDS, HostKind
 
 from supersizeme.modelspec import RDNParams
-from supersizeme.service.config import DEFAULT_MODEL, REPO_ROOT
+from supersizeme.service.config import DEFAULT_MODEL, DEFAULT_PHOTO_MODEL, REPO_ROOT
 
 TINY = RDNParams(C=1, D=1, G=4, G0=4, scale=2)
 
@@ -33,8 +35,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_photo_model_dir(tmp_path_factory) -> Path:
+    return make_model_folder(tmp_path_factory.mktemp("photo") / f"{TINY.name}-jpeg", seed=8)
+
+
+@pytest.fixture(scope="session")
 def shipped_model_dir() -> Path:
     return REPO_ROOT / "models" / DEFAULT_MODEL
+
+
+@pytest.fixture(scope="session")
+def shipped_photo_model_dir() -> Path:
+    return REPO_ROOT / "models" / DEFAULT_PHOTO_MODEL
 
 
 @pytest.fixture(params=HOST_KINDS, ids=[kind.name for kind in HOST_KINDS])
@@ -49,10 +61,17 @@ def host(request, tmp_path, monkeypatch) -> HostKind:
 
 
 @pytest.fixture
-def app(tiny_model_dir):
+def app(tiny_model_dir, tiny_photo_model_dir):
     from supersizeme.service.app import create_app
 
-    return create_app({"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "TILE": 64})
+    return create_app(
+        {
+            "TESTING": True,
+            "MODEL_DIR": str(tiny_model_dir),
+            "PHOTO_MODEL_DIR": str(tiny_photo_model_dir),
+            "TILE": 64,
+        }
+    )
 
 
 @pytest.fixture

@@ -194,6 +194,7 @@ def test_pixel_cap_and_minimum_side(tiny_model_dir):
         {
             "TESTING": True,
             "MODEL_DIR": str(tiny_model_dir),
+            "PHOTO_MODEL_DIR": None,
             "MAX_PIXELS": 1000,
         }
     )
@@ -216,7 +217,9 @@ def test_unknown_route_and_wrong_method_are_json(client):
 
 def test_not_ready_worker_answers_503_with_retry_after(app, client):
     loaded = app.extensions["supersizeme.model"]
-    app.extensions["supersizeme.model"] = ModelSlot(loaded.folder, loaded.settings, loaded.limits)
+    app.extensions["supersizeme.model"] = ModelSlot(
+        loaded.folder, loaded.settings, loaded.limits, loaded.folders.get("photo")
+    )
     response = post(client, encoded(picture()))
     assert_error(response, 503, "not_ready")
     assert response.headers["Retry-After"]
@@ -401,7 +404,9 @@ def test_405_names_the_allowed_methods(client):
 def test_background_loading_reports_ready_when_done(tiny_model_dir):
     from supersizeme.service.app import create_app
 
-    app = create_app({"MODEL_DIR": str(tiny_model_dir), "LOAD_IN_BACKGROUND": True})
+    app = create_app(
+        {"MODEL_DIR": str(tiny_model_dir), "PHOTO_MODEL_DIR": None, "LOAD_IN_BACKGROUND": True}
+    )
     assert app.extensions["supersizeme.model"].wait(60)
     assert app.test_client().get("/readyz").status_code == 200
 
@@ -490,7 +495,14 @@ def test_parameters_are_checked_before_the_body_is_read(client):
 def test_x4_pixel_cap_is_a_fifth_of_the_cap(tiny_model_dir):
     from supersizeme.service.app import create_app
 
-    app = create_app({"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "MAX_PIXELS": 5000})
+    app = create_app(
+        {
+            "TESTING": True,
+            "MODEL_DIR": str(tiny_model_dir),
+            "PHOTO_MODEL_DIR": None,
+            "MAX_PIXELS": 5000,
+        }
+    )
     client = app.test_client()
     data = encoded(picture())  # 40x30 = 1,200 pixels
     assert as_image(post(client, data)).size == (80, 60)
@@ -509,3 +521,164 @@ def test_model_metadata_lists_scales_and_formats(client):
     # In output pixels: x4's results stay under x2's, which a client can plan for.
     outputs = info["limits"]["max_output_pixels_by_scale"]
     assert outputs == {"2": 4 * cap, "4": 16 * (cap // 5)} and outputs["4"] < outputs["2"]
+
+
+def test_a_jpeg_goes_to_the_photo_model_and_a_png_to_the_clean_one(client):
+    """The tiny photo model has other weights than the clean one, so the answers show
+    which model ran; X-Model names it."""
+    photo = encoded(picture(), "JPEG", quality=75)
+    routed = post(client, photo, content_type="image/jpeg")
+    assert routed.headers["X-Model"] == "photo"
+    chosen = post(client, photo, "/supersizeme/?model=photo", content_type="image/jpeg")
+    clean = post(client, photo, "/supersizeme/?model=clean", content_type="image/jpeg")
+    assert clean.headers["X-Model"] == "clean" and chosen.headers["X-Model"] == "photo"
+    assert np.array_equal(np.asarray(as_image(routed)), np.asarray(as_image(chosen)))
+    assert not np.array_equal(np.asarray(as_image(routed)), np.asarray(as_image(clean)))
+
+    png = encoded(picture())
+    assert post(client, png).headers["X-Model"] == "clean"
+    assert post(client, png, "/supersizeme/?model=photo").headers["X-Model"] == "photo"
+
+
+def test_x4_of_a_jpeg_runs_the_photo_model_first_then_the_clean_one(app, client, monkeypatch):
+    slot = app.extensions["supersizeme.model"]
+    calls = []
+    for role, upscaler in list(slot.upscalers.items()):
+
+        def recording(image, stop=None, lanes=None, dtype=np.float32, role=role, run=upscaler):
+            calls.append((role, image.shape[:2]))
+            return run(image, stop, lanes, dtype)
+
+        monkeypatch.setitem(slot.upscalers, role, recording)
+    response = post(client, encoded(picture(), "JPEG"), "/supersizeme/?scale=4")
+    assert as_image(response).size == (160, 120) and response.headers["X-Model"] == "photo"
+    assert calls == [("photo", (30, 40)), ("clean", (60, 80))]
+
+
+def test_a_server_without_a_photo_model_serves_jpeg_with_the_clean_one(tiny_model_dir):
+    from supersizeme.service.app import create_app
+
+    client = create_app(
+        {"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "PHOTO_MODEL_DIR": None}
+    ).test_client()
+    assert post(client, encoded(picture(), "JPEG")).headers["X-Model"] == "clean"
+    body = assert_error(
+        post(client, encoded(picture(), "JPEG"), "/supersizeme/?model=photo"),
+        422,
+        "invalid_parameter",
+    )
+    assert body["allowed"] == ["auto", "clean"] and "no photo model" in body["message"]
+    info = client.get("/supersizeme/model").get_json()
+    assert info["model_choices"] == ["auto", "clean"]
+    assert [(m["role"], m["default_for"]) for m in info["models"]] == [("clean", ["PNG", "JPEG"])]
+
+
+def test_a_bad_model_value_names_the_allowed_ones(client):
+    body = assert_error(
+        post(client, encoded(picture()), "/supersizeme/?model=sharp"), 422, "invalid_parameter"
+    )
+    assert body["allowed"] == ["auto", "clean", "photo"]
+
+
+def test_model_metadata_lists_both_models(client, tiny_model_dir, tiny_photo_model_dir):
+    info = client.get("/supersizeme/model").get_json()
+    assert info["model_choices"] == ["auto", "clean", "photo"]
+    clean, photo = info["models"]
+    assert (clean["role"], clean["name"], clean["default_for"]) == (
+        "clean",
+        tiny_model_dir.name,
+        ["PNG"],
+    )
+    assert (photo["role"], photo["name"], photo["default_for"]) == (
+        "photo",
+        tiny_photo_model_dir.name,
+        ["JPEG"],
+    )
+    assert clean["weights_sha256"] != photo["weights_sha256"]
+    assert clean["seconds_per_megapixel"] > 0 and photo["seconds_per_megapixel"] > 0
+
+
+def test_the_request_log_and_the_metrics_name_the_model(client, caplog):
+    with caplog.at_level(logging.INFO, logger="supersizeme.requests"):
+        assert post(client, encoded(picture(), "JPEG")).status_code == 200
+        assert post(client, encoded(picture())).status_code == 200
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name.endswith("requests")]
+    assert [line["model"] for line in lines] == ["photo", "clean"]
+    samples = parse_samples(client.get("/metrics").get_data(as_text=True))
+    assert value(samples, "ssm_upscales_total", model="photo", status="200") == 1
+    assert value(samples, "ssm_upscales_total", model="clean", status="200") == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("//supersizeme//model", 404), ("/supersizeme//model", 404), ("//healthz", 200)],
+)
+def test_no_redirect_is_built_from_the_host_header(client, path, status):
+    # PATH_INFO as a server passes it on: the test client would read "//x" as a host.
+    response = client.get(
+        "/", headers={"Host": "evil.example"}, environ_overrides={"PATH_INFO": path}
+    )
+    assert response.status_code == status and response.mimetype == "application/json"
+    assert "Location" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "cache"),
+    [
+        ("POST", "/supersizeme/", "no-store"),
+        ("GET", "/supersizeme/model", "no-store"),
+        ("GET", "/healthz", "no-store"),
+        ("GET", "/nope", "no-store"),
+        ("GET", "/", "no-cache"),
+        ("GET", "/static/index.html", "no-cache"),
+        ("GET", "/static/demo.js", "no-cache"),
+        ("GET", "/openapi.json", "no-cache"),
+    ],
+)
+def test_every_answer_carries_the_security_headers_and_a_cache_policy(
+    client, method, path, cache
+):
+    response = client.open(path, method=method, data=encoded(picture()))
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Cache-Control"] == cache
+    policy = response.headers["Content-Security-Policy"]
+    if response.mimetype == "text/html":
+        assert "script-src" not in policy and "default-src 'self'" in policy
+    else:
+        assert policy.startswith("default-src 'none'")
+
+
+def test_the_page_has_its_policy_on_every_route_that_serves_it(client):
+    paths = ("/", "/static/index.html")
+    policies = {client.get(path).headers["Content-Security-Policy"] for path in paths}
+    assert len(policies) == 1 and "frame-ancestors 'none'" in policies.pop()
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [("/supersizeme/", ["OPTIONS", "POST"]), ("/healthz", ["GET", "HEAD", "OPTIONS"])],
+)
+def test_options_answers_json_with_the_allowed_methods(client, path, allowed):
+    response = client.options(path)
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    body = response.get_json()
+    assert body["allow"] == allowed and body["request_id"] == response.headers["X-Request-ID"]
+    assert response.headers["Allow"] == ", ".join(allowed)
+
+
+def test_a_form_of_too_many_fields_is_told_so_not_that_it_is_too_large(client):
+    upload = ("file", (io.BytesIO(encoded(picture())), "a.png"))
+    fields = MultiDict([(f"f{i}", "x") for i in range(2000)] + [upload])
+    response = client.post("/supersizeme/", data=fields, content_type="multipart/form-data")
+    body = assert_error(response, 400, "expected_one_file")
+    assert "1,000 parts" in body["message"]
+
+
+def test_the_model_endpoint_keeps_the_training_machines_paths_to_itself(
+    app, client, monkeypatch
+):
+    slot = app.extensions["supersizeme.model"]
+    recorded = {"steps": 3, "data_path": "/data", "checkpoint": "/runs/a.npz", "command": "x"}
+    monkeypatch.setitem(slot.folder.spec, "training", recorded)
+    assert client.get("/supersizeme/model").get_json()["training"] == {"steps": 3}

@@ -49,7 +49,9 @@ def size_of(path: Path) -> tuple[int, int]:
 
 
 def upscale(*args: object) -> int:
-    return cli.main(["upscale", *map(str, args)])
+    """The command line with these arguments; without a photo model unless one is named."""
+    named = ["--photo-model", "none"] if "--photo-model" not in args else []
+    return cli.main(["upscale", *map(str, args), *named])
 
 
 def test_batch_in_a_subprocess_writes_the_good_files_and_reports_the_bad(
@@ -57,6 +59,7 @@ def test_batch_in_a_subprocess_writes_the_good_files_and_reports_the_bad(
 ):
     out = tmp_path / "out"
     command = ["upscale", photos, "--out", out, "--model", tiny_model_dir]
+    command += ["--photo-model", "none"]
     completed = subprocess.run(
         [sys.executable, "-m", "supersizeme", *map(str, command)],
         cwd=REPO_ROOT,
@@ -188,14 +191,14 @@ def test_a_failure_inside_one_file_does_not_stop_the_batch(
     broken = png(picture())
     (tmp_path / "a.png").write_bytes(broken)
     (tmp_path / "b.png").write_bytes(png(picture(size=(30, 12))))
-    real = cli.supersize
+    real = cli.decode_for
 
     def flaky(data, *args, **kwargs):
         if data == broken:
             raise RuntimeError("decoder surprise")
         return real(data, *args, **kwargs)
 
-    monkeypatch.setattr(cli, "supersize", flaky)
+    monkeypatch.setattr(cli, "decode_for", flaky)
     assert upscale(tmp_path, "--out", tmp_path / "out", "--model", tiny_model_dir) == 1
     output = capsys.readouterr().out
     assert "1 written, 1 failed:" in output
@@ -248,7 +251,8 @@ def test_fifos_and_devices_are_refused_and_the_run_goes_on(tmp_path, tiny_model_
     os.mkfifo(tmp_path / "named.jpg")
     out = tmp_path / "out"
     completed = run_in_a_child(
-        "upscale", folder, tmp_path / "named.jpg", "--out", out, "--model", tiny_model_dir
+        "upscale", folder, tmp_path / "named.jpg", "--out", out, "--model", tiny_model_dir,
+        "--photo-model", "none",
     )
     assert completed.returncode == 1, completed.stderr
     assert "1 written, 3 failed:" in completed.stdout

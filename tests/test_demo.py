@@ -9,6 +9,7 @@ tests skip on a developer's machine and fail in CI.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -90,9 +91,10 @@ def chromium() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(shipped_model_dir, tmp_path_factory):
+def server(shipped_model_dir, shipped_photo_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("gunicorn") / "server.log"
-    with running_gunicorn(shipped_model_dir, log) as running:
+    photo = shipped_photo_model_dir
+    with running_gunicorn(shipped_model_dir, log, photo_model_dir=photo) as running:
         yield running
 
 
@@ -245,6 +247,24 @@ def test_chosen_scale_and_format_are_sent(page, server):
     named = re.search(r'filename="([^"]+)"', headers["Content-Disposition"]).group(1)
     assert page.get_attribute("#download", "download") == named
     assert canvas_pixels(page, "#bicubic").shape == (120, 160, 3)
+
+
+@pytest.mark.browser
+@pytest.mark.gunicorn
+def test_the_model_is_chosen_by_the_file_unless_the_page_says_otherwise(page, server):
+    page.wait_for_selector("#options:not([hidden])")
+    choices = page.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
+    assert choices == ["auto", "clean", "photo"]
+    photo = io.BytesIO()
+    lettering().resize((40, 30)).save(photo, "JPEG", quality=60)
+    upload = [{"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": photo.getvalue()}]
+    page.set_input_files("#file", files=upload)
+    assert finished(page) == "done"
+    assert "by the photo model" in page.inner_text("#output-size")
+    page.select_option("#model", "clean")
+    page.click("#send")
+    assert finished(page) == "done"
+    assert "by the clean model" in page.inner_text("#output-size")
 
 
 def drop_file(page: Page, data: bytes, name: str, mime_type: str) -> None:

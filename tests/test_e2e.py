@@ -23,10 +23,11 @@ pytestmark = pytest.mark.gunicorn  # every test talks to a real gunicorn
 
 
 @pytest.fixture(scope="module")
-def server(shipped_model_dir, tmp_path_factory):
-    """One gunicorn worker (so that its pid identifies it) serving the shipped model."""
+def server(shipped_model_dir, shipped_photo_model_dir, tmp_path_factory):
+    """One gunicorn worker (so that its pid identifies it) serving the shipped models."""
     log = tmp_path_factory.mktemp("gunicorn") / "server.log"
-    with running_gunicorn(shipped_model_dir, log) as running:
+    photo = shipped_photo_model_dir
+    with running_gunicorn(shipped_model_dir, log, photo_model_dir=photo) as running:
         yield running.port, log
 
 
@@ -81,6 +82,30 @@ def test_readme_curl_example(server, tmp_path, fmt):
         ours = y_psnr_ssim(np.asarray(truth), np.asarray(result.convert("RGB")), border=2)[0]
         baseline = y_psnr_ssim(np.asarray(truth), np.asarray(bicubic), border=2)[0]
         assert ours > baseline + 0.5, (ours, baseline)
+
+
+def test_a_compressed_photo_is_served_by_the_photo_model_and_comes_out_closer(server):
+    """A JPEG of quality 50 goes to the photo model by default, and its answer is nearer
+    the truth than both bicubic of the same JPEG and the clean model's."""
+    port, _ = server
+    truth = synthetic_photo()
+    small = truth.resize((truth.width // 2, truth.height // 2), Image.Resampling.BICUBIC)
+    upload = io.BytesIO()
+    small.save(upload, "JPEG", quality=50)
+    answers = {}
+    for query in ("", "?model=clean"):
+        status, headers, body = request(port, "POST", f"/supersizeme/{query}", upload.getvalue())
+        assert status == 200, body
+        answers[headers["X-Model"]] = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+    decoded = Image.open(io.BytesIO(upload.getvalue()))
+    bicubic = np.asarray(decoded.resize(truth.size, Image.Resampling.BICUBIC))
+
+    def psnr(image: np.ndarray) -> float:
+        return y_psnr_ssim(np.asarray(truth), image, border=2)[0]
+
+    assert set(answers) == {"photo", "clean"}
+    assert psnr(answers["photo"]) > psnr(answers["clean"]) + 0.3
+    assert psnr(answers["photo"]) > psnr(bicubic) + 0.5
 
 
 def test_scale_4_as_webp_through_gunicorn(server):
@@ -173,6 +198,7 @@ def test_weights_that_do_not_fit_stop_gunicorn_with_a_clear_message(tiny_model_d
         "SSM_BIND": f"127.0.0.1:{free_port()}",
         "SSM_WORKERS": "1",
         "SSM_MODEL_DIR": str(folder),
+        "SSM_PHOTO_MODEL_DIR": "none",
     }
     completed = subprocess.run(
         gunicorn_command(),

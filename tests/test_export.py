@@ -162,3 +162,25 @@ def test_bfloat16_check_is_recorded_for_set5_and_set14(exported, tmp_path):
         assert psnr["float32"] != psnr["bfloat16"]
         assert abs(record["loss_db"][name]) < 1.0
     assert export.check_bfloat16(ModelFolder.open(copy), sets[:1]) is None
+
+
+def test_a_jpeg_model_is_measured_on_jpeg_inputs_and_its_card_says_so(checkpoint, tmp_path):
+    state, _, _ = read_checkpoint(checkpoint[0])
+    bench = random_pngs(tmp_path / "bench" / "synth", 2, (30, 26), seed=3)
+    folder = export.export(
+        checkpoint[0], tmp_path / "tiny-jpeg", [bench], tile=16, threads=1, jpeg_qualities=[75]
+    )
+    rows = folder.spec["evaluation_jpeg"]["75"][bench.name]
+    assert set(rows) == {"bicubic", "tiny-jpeg"}
+    # The bicubic row enlarges the decoded JPEG: lower than on the PNG input.
+    assert rows["bicubic"]["psnr"] < folder.spec["evaluation"][bench.name]["bicubic"]["psnr"]
+    card = (folder.path / export.CARD_FILE).read_text()
+    assert "| JPEG q75 |" in card and "--jpeg 75" in card
+
+    # The card follows the degradation the checkpoint was trained on.
+    photo = {**folder.spec, "training": {**folder.spec["training"], "degradation": "jpeg"}}
+    commands = {"train": "t", "export": "e", "evaluate": "v"}
+    assert "saved as a baseline JPEG" in export.render_card(photo, commands)
+    assert "JPEG-compressed photographs" in export.render_card(photo, commands)
+    assert "It learned one degradation" in card
+    assert folder.spec["training"]["degradation"] == state["config"]["degradation"] == "bicubic"

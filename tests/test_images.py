@@ -750,3 +750,35 @@ def test_malformed_exif_writes_nothing_to_stderr(tmp_path):
         check=True,
     )
     assert completed.stderr == ""
+
+
+def test_a_jpeg_carries_its_estimated_quality_and_a_png_none():
+    picture = Image.fromarray(gradient(24, 16))
+    assert decode(encoded(picture, "JPEG", quality=83), Limits()).jpeg_quality == 83
+    assert decode(encoded(picture, "PNG"), Limits()).jpeg_quality is None
+
+
+@pytest.mark.parametrize(
+    ("code", "named"),
+    [(0xC9, "arithmetic-coded"), (0xCA, "arithmetic-coded"), (0xC5, "hierarchical")],
+)
+def test_a_jpeg_coding_the_decoder_lacks_is_named_as_unsupported(code, named):
+    data = bytearray(jpeg(Image.fromarray(gradient(24, 16))))
+    frame = data.index(b"\xff\xc0")  # Pillow writes baseline: SOF0
+    data[frame + 1] = code
+    with pytest.raises(Refused) as refused:
+        decode(bytes(data), Limits())
+    assert refused.value.code == "unsupported_media_type"
+    assert named in refused.value.message and f"SOF{code - 0xC0}" in refused.value.message
+
+
+def test_what_a_result_carries_can_be_sent_back():
+    """The largest ICC profile a JPEG may bring is one its PNG result can carry back in."""
+    limit = PngImagePlugin.MAX_TEXT_CHUNK
+    picture = Image.fromarray(gradient(WIDTH, HEIGHT))
+    largest = srgb_profile().ljust(limit, b"\0")
+    image = decode(jpeg(picture, icc_profile=largest), LIMITS)
+    result = encode(*enlarged(image), grayscale=False, sixteen_bit=False, icc_profile=largest)
+    assert decode(result, LIMITS).icc_profile == largest
+    refused = rejection(jpeg(picture, icc_profile=largest + b"\0"))
+    assert refused.code == "too_much_metadata" and "ICC profile" in refused.message

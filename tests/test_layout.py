@@ -48,7 +48,8 @@ def test_the_service_imports_and_builds_its_app_without_the_toolchain(tiny_model
         for module in pkgutil.iter_modules(supersizeme.service.__path__):
             importlib.import_module("supersizeme.service." + module.name)
         from supersizeme.service.app import create_app
-        app = create_app({{"TESTING": True, "MODEL_DIR": {str(tiny_model_dir)!r}, "TILE": 64}})
+        app = create_app({{"TESTING": True, "MODEL_DIR": {str(tiny_model_dir)!r}, "TILE": 64,
+                          "PHOTO_MODEL_DIR": None}})
         assert app.test_client().get("/readyz").status_code == 200
         print("served")
         """,

@@ -34,6 +34,8 @@ from schemathesis.specs.openapi.checks import (
 from benchmarks.imagefactory import encoded, gradient
 from supersizeme.service.api import HTTP_STATUS
 from supersizeme.service.config import REPO_ROOT
+from supersizeme.service.jpeg_quality import estimate_quality
+from supersizeme.service.routing import route
 
 DOCUMENT_PATH = REPO_ROOT / "supersizeme" / "service" / "openapi.json"
 DOCUMENT = json.loads(DOCUMENT_PATH.read_text())
@@ -81,12 +83,18 @@ schemathesis.openapi.media_type("application/octet-stream", uploads("PNG", "JPEG
 
 
 @pytest.fixture(scope="module")
-def api(tiny_model_dir) -> Flask:
+def api(tiny_model_dir, tiny_photo_model_dir) -> Flask:
     from supersizeme.service.app import create_app
 
     # A small body limit lets a test reach 413 without megabytes of data.
     return create_app(
-        {"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "TILE": 64, "MAX_BODY_BYTES": 8192}
+        {
+            "TESTING": True,
+            "MODEL_DIR": str(tiny_model_dir),
+            "PHOTO_MODEL_DIR": str(tiny_photo_model_dir),
+            "TILE": 64,
+            "MAX_BODY_BYTES": 8192,
+        }
     )
 
 
@@ -97,12 +105,13 @@ UPSCALE = schema["/supersizeme/"]["POST"]
 
 
 def follows_query(ctx, response, case) -> None:
-    """A 200 answers a valid query with the format and scale it asked for, pixels included."""
+    """A 200 answers a valid query with the format, scale and model it asked for, pixels
+    included."""
     if response.status_code != 200 or response.request.method != "POST":
         return
     sent = parse_qs(urlsplit(response.request.url).query, keep_blank_values=True)
     scale, image_format = sent.get("scale", ["2"])[0], sent.get("format", ["png"])[0]
-    assert set(sent) <= {"scale", "format"}, f"200 for the query {sent}"
+    assert set(sent) <= {"scale", "format", "model"}, f"200 for the query {sent}"
     assert scale in {"2", "4"} and image_format in FORMATS, f"200 for the query {sent}"
     assert response.headers["content-type"] == [f"image/{image_format}"]
     disposition = response.headers.get("content-disposition", ["(none)"])[0]
@@ -111,6 +120,11 @@ def follows_query(ctx, response, case) -> None:
     with Image.open(BytesIO(response.content)) as output, Image.open(BytesIO(upload)) as source:
         assert output.format == image_format.upper()
         assert output.size == (source.width * int(scale), source.height * int(scale))
+        choice = sent.get("model", ["auto"])[0]
+        tables = getattr(source, "quantization", None)
+        quality = estimate_quality(tables[0]) if tables else None
+        routed = route(choice, source.format, ("clean", "photo"), quality)
+        assert response.headers["x-model"] == [routed], f"{choice} for a {source.format}"
 
 
 @schema.parametrize()

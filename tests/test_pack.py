@@ -10,7 +10,7 @@ import pytest
 from supersizeme.toolchain import pack
 from supersizeme.toolchain.train import WEIGHT_PREFIX, read_checkpoint, write_checkpoint
 
-STATE = {"config": {"init": "fan-in"}, "step": 7}
+STATE = {"config": {"init": "fan-in", "degradation": "bicubic"}, "step": 7}
 
 
 @pytest.fixture

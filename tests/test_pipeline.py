@@ -16,7 +16,15 @@ from benchmarks.imagefactory import gradient, grey_profile, jpeg, png, reopened
 from supersizeme.service.errors import Refused
 from supersizeme.service.images import Limits
 from supersizeme.service.levels import quantised
-from supersizeme.service.pipeline import Output, Timings, progressive, supersize, upscale_alpha
+from supersizeme.service.pipeline import (
+    Output,
+    Timings,
+    decode_for,
+    progressive,
+    supersize,
+    upscale_alpha,
+    upscale_decoded,
+)
 from supersizeme.service.tiling import ClientGone, Stop, TiledUpscaler
 
 
@@ -193,3 +201,23 @@ def test_a_stage_that_fails_records_no_time():
     with pytest.raises(RuntimeError), timings.measure("inference"):
         raise RuntimeError("network failed")
     assert timings.inference == 0.0
+
+
+def test_the_first_pass_runs_on_its_own_network_and_the_second_on_the_clean_one():
+    """The photo model removes a JPEG's artefacts in the first pass; at x4 the second pass
+    enlarges that clean result with the clean model."""
+    clean, first = NearestX2(), NearestX2()
+    rgb = np.random.default_rng(0).random((6, 8, 3), np.float32)
+    result = progressive(rgb, clean, 4, None, np.uint8, first=first)
+    assert result.shape == (24, 32, 3) and result.dtype == np.uint8
+    assert [call[0].shape for call in first.calls] == [(6, 8, 3)]
+    assert [call[0].shape for call in clean.calls] == [(12, 16, 3)]
+    assert clean.dtypes == [np.uint8] and first.dtypes == [np.float32]
+
+
+def test_at_x2_only_the_first_pass_network_runs():
+    clean, first = NearestX2(), NearestX2()
+    image = decode_for(jpeg(photo()), Limits(), Output(2), Timings())
+    upscale_decoded(image, clean, Output(2), None, Timings(), first)
+    assert len(first.calls) == 1 and not clean.calls
+

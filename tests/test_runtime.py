@@ -97,7 +97,9 @@ def test_the_service_reports_what_it_detected(host, checked_model_dir):
     in is what OpenVINO runs on the real CPU, which falls back to float32 without bfloat16."""
     from supersizeme.service.app import create_app
 
-    app = create_app({"TESTING": True, "MODEL_DIR": str(checked_model_dir), "TILE": 64})
+    app = create_app(
+        {"TESTING": True, "MODEL_DIR": str(checked_model_dir), "PHOTO_MODEL_DIR": None, "TILE": 64}
+    )
     info = app.test_client().get("/supersizeme/model").get_json()
     runtime = info["runtime"]
     assert runtime["name"] == "openvino"
@@ -162,7 +164,8 @@ def test_the_served_runtime_does_not_import_tensorflow(tiny_model_dir):
     """OpenVINO runs the network: the worker must not pay TensorFlow's memory and start-up."""
     code = (
         "import sys; from supersizeme.service.app import create_app; "
-        f"app = create_app({{'TESTING': True, 'MODEL_DIR': {str(tiny_model_dir)!r}}}); "
+        f"app = create_app({{'TESTING': True, 'MODEL_DIR': {str(tiny_model_dir)!r}, "
+        "'PHOTO_MODEL_DIR': None}); "
         "assert app.test_client().get('/readyz').status_code == 200; "
         "print(sorted(m for m in ('tensorflow', 'keras', 'ISR') if m in sys.modules))"
     )

@@ -1,41 +1,63 @@
-"""The shipped model folder: complete, loadable, and documented with the same numbers."""
+"""The shipped model folders, clean and photo: complete, loadable, and documented with the
+same numbers."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from supersizeme.modelspec import ModelFolder
-from supersizeme.service.config import REPO_ROOT
+from supersizeme.service.config import DEFAULT_MODEL, DEFAULT_PHOTO_MODEL, REPO_ROOT
+
+# Each shipped folder, and the degradation its training record must name.
+SHIPPED = {DEFAULT_MODEL: "bicubic", DEFAULT_PHOTO_MODEL: "jpeg"}
 
 
-def test_folder_is_complete_and_checksummed(shipped_model_dir):
-    folder = ModelFolder.open(shipped_model_dir)  # verifies the sha256 of the weights
-    assert folder.params.name == shipped_model_dir.name
-    assert (shipped_model_dir / "MODEL_CARD.md").is_file()
+@pytest.fixture(params=list(SHIPPED))
+def shipped(request):
+    return REPO_ROOT / "models" / request.param
+
+
+def test_folder_is_complete_and_checksummed(shipped):
+    folder = ModelFolder.open(shipped)  # verifies the sha256 of the weights
+    assert shipped.name.startswith(folder.params.name)
+    assert (shipped / "MODEL_CARD.md").is_file()
     assert folder.spec["training"]["steps"] > 0
+    assert folder.spec["training"].get("degradation", "bicubic") == SHIPPED[shipped.name]
 
 
-def test_card_and_readme_quote_the_measured_numbers(shipped_model_dir):
-    spec = json.loads((shipped_model_dir / "model.json").read_text())
-    card = (shipped_model_dir / "MODEL_CARD.md").read_text()
-    readme = (REPO_ROOT / "docs" / "model.md").read_text()
+def test_card_and_docs_quote_the_measured_numbers(shipped):
+    spec = json.loads((shipped / "model.json").read_text())
+    card = (shipped / "MODEL_CARD.md").read_text()
+    docs = (REPO_ROOT / "docs" / "model.md").read_text()
     evaluation = spec["evaluation"]
     assert {"set5", "set14", "bsd100"} <= set(evaluation)
     for rows in evaluation.values():
         for row in rows.values():
             quoted = f"{row['psnr']:.2f} / {row['ssim']:.4f}"
-            assert quoted in card and quoted in readme, quoted
+            assert quoted in card, quoted
+            if shipped.name == DEFAULT_MODEL:
+                assert quoted in docs, quoted
 
 
-def test_the_committed_checkpoint_holds_the_shipped_weights(shipped_model_dir):
+def test_the_photo_models_card_has_its_jpeg_evaluation():
+    folder = ModelFolder.open(REPO_ROOT / "models" / DEFAULT_PHOTO_MODEL)
+    jpeg = folder.spec["evaluation_jpeg"]
+    assert {"90", "75", "50"} <= set(jpeg)
+    card = (folder.path / "MODEL_CARD.md").read_text()
+    assert all(f"| JPEG q{quality} |" in card for quality in jpeg)
+
+
+def test_the_committed_checkpoint_holds_the_shipped_weights(shipped):
     """So that training carries on from exactly what is served (either trainer)."""
     import numpy as np
 
     from supersizeme.rdn import load_rdn, named_weights
     from supersizeme.toolchain.train import read_checkpoint
 
-    state, weights, _ = read_checkpoint(shipped_model_dir / "training-checkpoint.npz")
-    served = named_weights(load_rdn(ModelFolder.open(shipped_model_dir)))
-    assert state["params"] == ModelFolder.open(shipped_model_dir).params.to_json()
+    state, weights, _ = read_checkpoint(shipped / "training-checkpoint.npz")
+    served = named_weights(load_rdn(ModelFolder.open(shipped)))
+    assert state["params"] == ModelFolder.open(shipped).params.to_json()
     assert weights.keys() == served.keys()
     assert all(np.array_equal(weights[name], served[name]) for name in served)

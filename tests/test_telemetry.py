@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -82,14 +83,18 @@ def test_a_known_sequence_gives_exact_counts(app, client):
 
     assert value(samples, "ssm_requests_in_flight") == 0
     model = {"name": "rdn-C1-D1-G4-G04-x2", "parameters": "unknown", "precision": "float32"}
-    assert value(samples, "ssm_model_info", **model) == 1
+    assert value(samples, "ssm_model_info", role="clean", **model) == 1
+    photo = {**model, "name": "rdn-C1-D1-G4-G04-x2-jpeg"}
+    assert value(samples, "ssm_model_info", role="photo", **photo) == 1
 
 
 def test_each_app_counts_on_its_own(app, client, tiny_model_dir):
     from supersizeme.service.app import create_app
 
     assert post(client, SMALL).status_code == 200
-    other = create_app({"TESTING": True, "MODEL_DIR": str(tiny_model_dir)}).test_client()
+    other = create_app(
+        {"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "PHOTO_MODEL_DIR": None}
+    ).test_client()
     samples = scrape(other)
     assert value(samples, "ssm_requests_total", endpoint="/supersizeme/", status="200") == 0
 
@@ -146,6 +151,21 @@ def test_one_json_line_per_request_with_its_fields(client, caplog):
 
     assert third["path"] == "/healthz" and third["status"] == 200
     assert third["bytes_out"] == len(health.data)
+
+
+@pytest.mark.parametrize(
+    ("peer", "real_ip", "logged"),
+    [
+        ("", "203.0.113.7", "203.0.113.7"),  # behind the front, on the unix socket
+        ("", "not an address", None),
+        ("198.51.100.2", "203.0.113.7", "198.51.100.2"),  # a direct peer is not overruled
+    ],
+)
+def test_the_client_address_comes_from_the_front_only(client, caplog, peer, real_ip, logged):
+    caplog.set_level(logging.INFO, logger="supersizeme.requests")
+    client.get("/healthz", headers={"X-Real-IP": real_ip}, environ_overrides={"REMOTE_ADDR": peer})
+    (line,) = request_lines(caplog)
+    assert line["remote_addr"] == logged
 
 
 def test_a_chunked_upload_logs_the_bytes_that_arrived(client, caplog):

@@ -1,16 +1,30 @@
-"""A short training run: the loss falls, and a checkpoint resumes to the same next step."""
+"""A short training run: the loss falls, and a checkpoint resumes to the same next step;
+the batches (clean or degraded), the validation sets and the --degradation setting."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import signal
 
 import numpy as np
 import pytest
 from trainfactory import tiny, wave_images
 
-from supersizeme.toolchain.train import TrainConfig, augment, learning_rate, read_checkpoint, train
-
-pytestmark = pytest.mark.training  # trains small networks
+from supersizeme.toolchain.degradation import DEGRADATIONS, VALIDATION_QUALITIES, jpeg_round_trip
+from supersizeme.toolchain.train import (
+    DEGRADE_MARGIN,
+    Run,
+    TrainConfig,
+    augment,
+    learning_rate,
+    parse_args,
+    read_checkpoint,
+    sample_batch,
+    train,
+    validation_sets,
+    write_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +32,7 @@ def image_folder(tmp_path_factory):
     return wave_images(tmp_path_factory.mktemp("hr"))
 
 
+@pytest.mark.training  # trains a small network
 def test_loss_falls(image_folder, tmp_path):
     train(tiny(image_folder, tmp_path))
     state = read_checkpoint(tmp_path / "ckpt.npz")[0]
@@ -27,6 +42,7 @@ def test_loss_falls(image_folder, tmp_path):
     assert (tmp_path / "weights.weights.h5").is_file()
 
 
+@pytest.mark.training  # trains a small network
 def test_resume_continues_exactly(image_folder, tmp_path):
     straight = tiny(image_folder, tmp_path / "straight", steps=8, checkpoint_every=4)
     train(straight)
@@ -56,3 +72,199 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert learning_rate(config, 110, 0) == pytest.approx(1e-6)
     timed = dataclasses.replace(config, minutes=1.0)
     assert learning_rate(timed, 20, 60.0) == pytest.approx(1e-6)
+
+
+def blocky_pairs(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(HR, LR) pairs whose HR is its random LR enlarged by pixel repetition, so that an
+    aligned pair of crops satisfies LR == HR[::2, ::2] under each of the 8 symmetries,
+    and a crop taken one LR pixel off does not."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for shape in [(40, 48, 3), (30, 36, 3)]:
+        lr = rng.integers(0, 256, shape, dtype=np.uint8)
+        pairs.append((lr.repeat(2, axis=0).repeat(2, axis=1), lr))
+    return pairs
+
+
+WEIGHTS = np.array([0.6, 0.4])
+
+
+def old_sample_batch(rng, pairs, weights, batch, patch, scale):
+    """The sampler as it was before --degradation, verbatim: what a bicubic run must keep
+    drawing, so that its checkpoints resume to the same batches."""
+    lr_batch = np.empty((batch, patch, patch, 3), np.float32)
+    hr_batch = np.empty((batch, patch * scale, patch * scale, 3), np.float32)
+    for i, index in enumerate(rng.choice(len(pairs), size=batch, p=weights)):
+        hr, lr = pairs[index]
+        y = rng.integers(0, lr.shape[0] - patch + 1)
+        x = rng.integers(0, lr.shape[1] - patch + 1)
+        transform = int(rng.integers(0, 8))
+        lr_batch[i] = augment(lr[y : y + patch, x : x + patch], transform)
+        hy, hx, hp = y * scale, x * scale, patch * scale
+        hr_batch[i] = augment(hr[hy : hy + hp, hx : hx + hp], transform)
+    return lr_batch / 255.0, hr_batch / 255.0
+
+
+def levels(batch: np.ndarray) -> np.ndarray:
+    """A [0, 1] float batch back on integer levels."""
+    return np.rint(batch * 255).astype(np.int16)
+
+
+def test_without_a_degradation_the_batches_are_aligned_and_as_before():
+    pairs = blocky_pairs()
+    rng, old_rng = np.random.default_rng(9), np.random.default_rng(9)
+    lr_batch, hr_batch = sample_batch(rng, pairs, WEIGHTS, 16, 8, 2)
+    old_lr, old_hr = old_sample_batch(old_rng, pairs, WEIGHTS, 16, 8, 2)
+    assert lr_batch.shape == (16, 8, 8, 3) and hr_batch.shape == (16, 16, 16, 3)
+    assert lr_batch.dtype == hr_batch.dtype == np.float32
+    np.testing.assert_array_equal(levels(lr_batch), levels(hr_batch)[:, ::2, ::2])
+    np.testing.assert_array_equal(lr_batch, old_lr)
+    np.testing.assert_array_equal(hr_batch, old_hr)
+    assert rng.bit_generator.state == old_rng.bit_generator.state  # the same draws, no more
+    assert len({item.tobytes() for item in lr_batch}) == 16  # crops from all over
+
+
+def test_an_identity_degradation_keeps_the_crops_aligned_at_a_random_offset():
+    seen = []
+
+    def identity(crop, rng):
+        seen.append(crop.copy())
+        return crop
+
+    pairs = blocky_pairs()
+    lr_batch, hr_batch = sample_batch(
+        np.random.default_rng(4), pairs, WEIGHTS, 16, 8, 2, degrade=identity
+    )
+    side = 8 + DEGRADE_MARGIN
+    assert len(seen) == 16
+    assert all(crop.shape == (side, side, 3) and crop.dtype == np.uint8 for crop in seen)
+    np.testing.assert_array_equal(levels(lr_batch), levels(hr_batch)[:, ::2, ::2])
+    # Each patch is a window of the crop the degradation saw, at an offset within the margin.
+    offsets = set()
+    for crop, patch in zip(seen, levels(lr_batch), strict=True):
+        found = [
+            (oy, ox)
+            for oy in range(DEGRADE_MARGIN + 1)
+            for ox in range(DEGRADE_MARGIN + 1)
+            if np.array_equal(crop[oy : oy + 8, ox : ox + 8], patch)
+        ]
+        assert len(found) == 1
+        offsets |= set(found)
+    assert len(offsets) > 8  # random, not always the corner
+
+
+def test_the_degradation_changes_the_lr_patch_only():
+    def brighter(crop, rng):
+        return np.minimum(crop.astype(np.int16) + 1, 255).astype(np.uint8)
+
+    pairs = blocky_pairs()
+    lr_batch, hr_batch = sample_batch(
+        np.random.default_rng(4), pairs, WEIGHTS, 16, 8, 2, degrade=brighter
+    )
+    aligned = levels(hr_batch)[:, ::2, ::2]
+    np.testing.assert_array_equal(levels(lr_batch), np.minimum(aligned + 1, 255))
+    assert (aligned == 255).any()  # the clipping was exercised
+
+
+def test_the_degradation_draws_from_the_batch_generator():
+    def noisy(crop, rng):
+        return rng.integers(0, 256, crop.shape, dtype=np.uint8)
+
+    pairs = blocky_pairs()
+    first = sample_batch(np.random.default_rng(4), pairs, WEIGHTS, 4, 8, 2, degrade=noisy)
+    again = sample_batch(np.random.default_rng(4), pairs, WEIGHTS, 4, 8, 2, degrade=noisy)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+
+
+def test_validation_sets_are_clean_and_for_jpeg_each_validation_quality(image_folder):
+    assert validation_sets(TrainConfig(), compressed=True) == {}  # no --val
+    config = TrainConfig(val=str(image_folder))
+    clean = validation_sets(config, compressed=False)
+    assert list(clean) == ["clean"] and len(clean["clean"]) == 4
+    sets = validation_sets(config, compressed=True)
+    assert list(sets) == ["clean"] + [f"q{quality}" for quality in VALIDATION_QUALITIES]
+    for (hr, lr), (clean_hr, clean_lr) in zip(sets["clean"], clean["clean"], strict=True):
+        np.testing.assert_array_equal(hr, clean_hr)
+        np.testing.assert_array_equal(lr, clean_lr)
+    for quality in VALIDATION_QUALITIES:
+        pairs = sets[f"q{quality}"]
+        assert len(pairs) == len(sets["clean"])
+        for (hr, lr), (clean_hr, clean_lr) in zip(pairs, sets["clean"], strict=True):
+            assert hr is clean_hr  # shared, not copied
+            assert lr.shape == clean_lr.shape and lr.dtype == np.uint8
+            assert not np.array_equal(lr, clean_lr)
+            np.testing.assert_array_equal(lr, jpeg_round_trip(clean_lr, quality, "4:2:0"))
+
+
+def minimal_checkpoint(path, config: dict) -> None:
+    state = {"config": config, "params": TrainConfig().params.to_json(), "step": 0}
+    write_checkpoint(path, state, {"w/F_m1/bias": np.zeros(4, np.float32)})
+
+
+def test_a_checkpoint_from_before_degradations_reads_as_bicubic(tmp_path):
+    config = dataclasses.asdict(TrainConfig(degradation="jpeg"))
+    minimal_checkpoint(tmp_path / "new.npz", config)
+    assert read_checkpoint(tmp_path / "new.npz")[0]["config"]["degradation"] == "jpeg"
+    del config["degradation"]
+    minimal_checkpoint(tmp_path / "old.npz", config)
+    assert read_checkpoint(tmp_path / "old.npz")[0]["config"]["degradation"] == "bicubic"
+
+
+def test_resuming_keeps_the_checkpoints_degradation(tmp_path):
+    config = dataclasses.asdict(TrainConfig())
+    del config["degradation"]
+    minimal_checkpoint(tmp_path / "ckpt.npz", config)
+    run = Run(TrainConfig(out=str(tmp_path), resume=True, degradation="jpeg"))
+    assert run.config.degradation == "bicubic"
+
+
+def test_the_degradation_option():
+    assert parse_args(["--data", "d"]).degradation == "bicubic"
+    assert parse_args(["--data", "d", "--degradation", "jpeg"]).degradation == "jpeg"
+
+
+def test_an_unknown_degradation_stops_the_run_before_any_work(tmp_path):
+    def never(*args):
+        raise AssertionError("called")
+
+    run = Run(TrainConfig(out=str(tmp_path), degradation="gaussian"))
+    with pytest.raises(SystemExit, match=r"gaussian.*'bicubic', 'jpeg'"):
+        run.loop(never, never, never)
+    assert not (tmp_path / "params.json").exists()
+
+
+def test_a_jpeg_run_trains_on_jpeg_patches_and_reports_each_quality(
+    image_folder, tmp_path, capsys, monkeypatch
+):
+    batches, checkpoints, degraded = [], [], []
+    jpeg = DEGRADATIONS["jpeg"]
+
+    def recording(crop, rng):
+        degraded.append(crop.shape)
+        return jpeg(crop, rng)
+
+    monkeypatch.setitem(DEGRADATIONS, "jpeg", recording)
+
+    def take_step(lr_batch, hr_batch, lr_value):
+        batches.append((lr_batch, hr_batch))
+        return 0.1
+
+    def nearest(batch):
+        return batch.repeat(2, axis=1).repeat(2, axis=2)
+
+    config = tiny(image_folder, tmp_path, degradation="jpeg", steps=2, batch=2)
+    config = dataclasses.replace(config, val=str(image_folder), eval_every=1)
+    previous = signal.getsignal(signal.SIGTERM)  # the loop installs its own
+    try:
+        Run(config).loop(take_step, lambda: checkpoints.append(1), nearest)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(batches) == 2 and len(checkpoints) == 1
+    assert degraded == [(12 + DEGRADE_MARGIN, 12 + DEGRADE_MARGIN, 3)] * 4  # every crop
+    for lr_batch, hr_batch in batches:
+        assert lr_batch.shape == (2, 12, 12, 3) and hr_batch.shape == (2, 24, 24, 3)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith(", jpeg")  # the run names its degradation
+    labels = ", ".join(rf"q{quality} \d+\.\d+" for quality in VALIDATION_QUALITIES)
+    assert len(re.findall(rf"Y-PSNR \(dB\) clean \d+\.\d+, {labels}\n", out)) == 2

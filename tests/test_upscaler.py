@@ -33,7 +33,7 @@ def test_missing_weights_stop_start_up(tiny_model_dir, tmp_path):
     folder = copy_folder(tiny_model_dir, tmp_path)
     (folder / "weights.weights.h5").unlink()
     with pytest.raises(ModelFolderError, match="no weights file"):
-        create_app({"MODEL_DIR": str(folder)})
+        create_app({"MODEL_DIR": str(folder), "PHOTO_MODEL_DIR": None})
 
 
 def test_changed_weights_fail_the_checksum(tiny_model_dir, tmp_path):

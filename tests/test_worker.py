@@ -47,6 +47,7 @@ def test_a_refusal_is_a_whole_http_answer_with_the_services_json_error():
     assert lines[0] == "HTTP/1.1 431 Request Header Fields Too Large"
     assert "Content-Type: application/json" in lines and "Connection: close" in lines
     assert f"Content-Length: {len(body)}" in lines and "X-Request-ID: abc123" in lines
+    assert "X-Content-Type-Options: nosniff" in lines and "Cache-Control: no-store" in lines
     assert json.loads(body) == {
         "error": "request_header_fields_too_large",
         "message": "The request headers are too large.",

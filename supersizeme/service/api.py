@@ -26,6 +26,7 @@ from supersizeme.service.connection import UploadClock, client_watch
 from supersizeme.service.errors import Refused
 from supersizeme.service.images import FORMATS, OUTPUT_FORMATS, Limits
 from supersizeme.service.pipeline import SCALES, Output, Timings, decode_for, upscale_decoded
+from supersizeme.service.routing import CLEAN, MODEL_CHOICES, route, routed_formats
 from supersizeme.service.telemetry import RequestRecord, Telemetry
 from supersizeme.service.tiling import ClientGone, DeadlineExceeded, Stop
 from supersizeme.service.upscaler import ModelSlot
@@ -115,9 +116,40 @@ def scraping() -> bool:
     return request.endpoint == "supersizeme.prometheus_metrics"
 
 
+# Every answer: no content-type sniffing, no framing, and a cache policy. An enlargement
+# or an error belongs to one upload and one moment: stored by nobody. The page, its files
+# and the API document change only with a release: kept, but revalidated on every use.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
+STATIC_CACHE = "no-cache"
+DYNAMIC_CACHE = "no-store"
+# What any answer but the page may load: nothing (a JSON or image answer opened as a page
+# runs no script).
+NOTHING_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+
+
+def apply_security_headers(response: Response) -> None:
+    response.headers.update(SECURITY_HEADERS)
+    is_page = response.mimetype == "text/html"
+    static = request.endpoint in ("static", "supersizeme.demo_page", "supersizeme.openapi")
+    kept = static and response.status_code in (200, 304)
+    response.headers["Cache-Control"] = STATIC_CACHE if kept else DYNAMIC_CACHE
+    response.headers["Content-Security-Policy"] = DEMO_PAGE_POLICY if is_page else NOTHING_POLICY
+
+
+def options_answer(response: Response) -> Response:
+    """OPTIONS, answered by Flask with an empty page and an Allow header, as JSON."""
+    allowed = sorted(method.strip() for method in response.headers.get("Allow", "").split(","))
+    answer = jsonify(allow=allowed, request_id=g.get("request_id", ""))
+    answer.headers["Allow"] = ", ".join(allowed)
+    return answer
+
+
 @bp.after_app_request
 def finish_request(response: Response) -> Response:
+    if request.method == "OPTIONS" and response.status_code == 200 and "Allow" in response.headers:
+        response = options_answer(response)
     response.headers["X-Request-ID"] = g.get("request_id", "")
+    apply_security_headers(response)
     record = RequestRecord.of(request, response)
     if not scraping():
         telemetry().observe(record)
@@ -145,13 +177,31 @@ def handle_refused(error: Refused) -> Response:
 @bp.app_errorhandler(HTTPException)
 def handle_http_error(error: HTTPException) -> ResponseReturnValue:
     if error.code == 413:
-        return handle_refused(payload_too_large())
+        return handle_refused(form_too_large() if form_within_size() else payload_too_large())
     code = (error.name or "http_error").lower().replace(" ", "_")
     response = error_response(error.code or 500, code, error.description or error.name)
     for name, value in error.get_headers():
         if name.lower() != "content-type":
             response.headers[name] = value
     return response
+
+
+def form_within_size() -> bool:
+    """Whether a 413 is about a form's parts, not its bytes: werkzeug also refuses a form
+    of more than MAX_FORM_PARTS parts, or with a non-file field over MAX_FORM_MEMORY_SIZE."""
+    declared = request.content_length
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    return is_form() and declared is not None and declared <= limit
+
+
+def form_too_large() -> Refused:
+    config = current_app.config
+    return Refused(
+        "expected_one_file",
+        "A multipart upload must carry exactly one file field; this one has more than "
+        f"{config['MAX_FORM_PARTS']:,} parts or a field that is not a file over "
+        f"{config['MAX_FORM_MEMORY_SIZE']:,} bytes.",
+    )
 
 
 def payload_too_large() -> Refused:
@@ -261,7 +311,11 @@ def not_ready() -> Refused:
 
 
 # The query parameters of POST /supersizeme/ and their allowed values, default first.
-QUERY_PARAMETERS = {"scale": tuple(str(scale) for scale in SCALES), "format": FORMATS}
+QUERY_PARAMETERS = {
+    "scale": tuple(str(scale) for scale in SCALES),
+    "format": FORMATS,
+    "model": MODEL_CHOICES,
+}
 
 
 @dataclass(frozen=True)
@@ -277,6 +331,7 @@ class UpscaleRequest:
     output: Output
     limits: Limits  # at x2; decode_for shrinks the pixel cap for larger scales
     deadline_seconds: float
+    model: str = MODEL_CHOICES[0]  # a routing choice: auto, or a model by role
 
 
 def upscale_request() -> UpscaleRequest:
@@ -284,7 +339,25 @@ def upscale_request() -> UpscaleRequest:
 
     Made before the body is read, so that a bad query costs neither side the upload.
     """
-    return UpscaleRequest(requested_output(), limits(), current_app.config["DEADLINE_SECONDS"])
+    output = requested_output()
+    return UpscaleRequest(
+        output, limits(), current_app.config["DEADLINE_SECONDS"], requested_model()
+    )
+
+
+def requested_model() -> str:
+    """The ``model`` asked for: auto (by the upload's format) or one this worker serves."""
+    choice = query_choice("model")
+    served = list(slot().folders)
+    if choice not in (MODEL_CHOICES[0], *served):
+        allowed = [MODEL_CHOICES[0], *served]
+        raise Refused(
+            "invalid_parameter",
+            f"This server has no {choice} model; the query parameter model must be one of "
+            f"{', '.join(allowed)}.",
+            extra={"allowed": allowed},
+        )
+    return choice
 
 
 def requested_output() -> Output:
@@ -367,12 +440,15 @@ def upscale_claimed(
 
     image = decode_for(data, wanted.limits, wanted.output, timings, admit)
     g.image_size = (image.width, image.height)
+    role = route(wanted.model, image.source_format, model.upscalers, image.jpeg_quality)
+    g.model = role
     waiting = time.perf_counter()
     try:
         with gate.turn(stop) as lanes:
             timings.queue = time.perf_counter() - waiting
-            upscale = functools.partial(model.served, lanes=lanes)
-            encoded = upscale_decoded(image, upscale, wanted.output, stop, timings)
+            upscale = functools.partial(model.upscaler_for(CLEAN), lanes=lanes)
+            first = functools.partial(model.upscaler_for(role), lanes=lanes)
+            encoded = upscale_decoded(image, upscale, wanted.output, stop, timings, first)
     except DeadlineExceeded:
         raise deadline_passed() from None
     except ClientGone:
@@ -381,6 +457,7 @@ def upscale_claimed(
     name = wanted.output.file_name("supersized")
     response.headers["Content-Disposition"] = f'inline; filename="{name}"'
     response.headers["Server-Timing"] = timings.server_timing()
+    response.headers["X-Model"] = role
     return response
 
 
@@ -435,9 +512,8 @@ DEMO_PAGE_POLICY = (
 @bp.get("/")
 def demo_page() -> ResponseReturnValue:
     """The browser demo: static HTML whose script POSTs to /supersizeme/ like any client."""
-    response = current_app.send_static_file("index.html")
-    response.headers["Content-Security-Policy"] = DEMO_PAGE_POLICY
-    return response
+    # Its Content-Security-Policy (DEMO_PAGE_POLICY) is set with every page's.
+    return current_app.send_static_file("index.html")
 
 
 @bp.get("/healthz")
@@ -482,12 +558,14 @@ def model_info() -> ResponseReturnValue:
         receptive_radius=model.folder.params.receptive_radius,
         weights_sha256=spec.get("weights_sha256"),
         evaluation=spec.get("evaluation"),
-        training=spec.get("training"),
+        training=public_training(spec.get("training")),
         precision=model.precision,
         runtime=runtime_info(model),
         state=model.state,
         scales=list(SCALES),
         formats=list(FORMATS),
+        models=models_info(model),
+        model_choices=list(MODEL_CHOICES[:1]) + list(model.folders),
         limits={
             "max_body_bytes": config["MAX_BODY_BYTES"],
             "max_pixels": model.max_pixels,
@@ -507,6 +585,39 @@ def model_info() -> ResponseReturnValue:
             "tile": config["TILE"],
         },
     )
+
+
+# What a model's training record says about the machine it was made on, not the model:
+# paths on that machine, and the command lines that name them.
+PRIVATE_TRAINING_FIELDS = ("data_path", "checkpoint", "command")
+
+
+def public_training(training: dict[str, Any] | None) -> dict[str, Any] | None:
+    if training is None:
+        return None
+    return {k: v for k, v in training.items() if k not in PRIVATE_TRAINING_FIELDS}
+
+
+def models_info(model: ModelSlot) -> list[dict[str, Any]]:
+    """Each model this worker serves: its role, folder, weights, measured quality, which
+    uploads go to it by default, and its measured speed once loaded."""
+    described = []
+    for role, folder in model.folders.items():
+        served = model.upscalers.get(role)
+        described.append(
+            {
+                "role": role,
+                "name": folder.path.resolve().name,
+                "weights_sha256": folder.spec.get("weights_sha256"),
+                "evaluation": folder.spec.get("evaluation"),
+                "evaluation_jpeg": folder.spec.get("evaluation_jpeg"),
+                "default_for": routed_formats(role, model.folders),
+                "seconds_per_megapixel": (
+                    round(served.seconds_per_megapixel, 3) if served else None
+                ),
+            }
+        )
+    return described
 
 
 def runtime_info(model: ModelSlot) -> dict[str, Any]:

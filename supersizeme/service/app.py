@@ -21,9 +21,13 @@ log = logging.getLogger("supersizeme")
 def _exit_worker(slot: ModelSlot) -> None:
     # Exit status 3 is gunicorn's "worker failed to boot": the master stops instead of
     # forking replacement workers that would fail the same way.
-    log.critical("model %s failed to load: %s; stopping", slot.folder.path, slot.error)
+    log.critical("models %s failed to load: %s; stopping", _paths(slot), slot.error)
     logging.shutdown()
     os._exit(3)
+
+
+def _paths(slot: ModelSlot) -> str:
+    return ", ".join(str(folder.path) for folder in slot.folders.values())
 
 
 def _log_through_gunicorn() -> None:
@@ -56,6 +60,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """
     _log_through_gunicorn()
     app = Flask(__name__)
+    # werkzeug would answer "//supersizeme//model" with a redirect to an absolute URL built
+    # from the request's Host header; without merging, such a path is simply not found.
+    app.url_map.merge_slashes = False
     app.config.from_mapping(settings.from_environment())
     if test_config:
         app.config.from_mapping(test_config)
@@ -65,6 +72,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     config = app.config
     folder = ModelFolder.open(config["MODEL_DIR"])
+    photo = ModelFolder.open(config["PHOTO_MODEL_DIR"]) if config["PHOTO_MODEL_DIR"] else None
     slot = ModelSlot(
         folder,
         LoadSettings(
@@ -80,6 +88,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             config["MEMORY_BYTES"] or memory_limit_bytes(),
             config["WORKERS"],
         ),
+        photo,
     )
     app.extensions["supersizeme.model"] = slot
     app.extensions["supersizeme.gate"] = InferenceGate(
@@ -90,14 +99,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # PROMETHEUS_MULTIPROC_DIR (it picks its storage once, at import).
     from supersizeme.service.telemetry import Telemetry
 
-    app.extensions["supersizeme.service.telemetry"] = Telemetry(folder, slot.precision)
+    app.extensions["supersizeme.service.telemetry"] = Telemetry(slot.folders, slot.precision)
     if app.config["LOAD_IN_BACKGROUND"]:
         slot.load_in_background(on_failure=_exit_worker)
     else:
         try:
             slot.load()
         except Exception:
-            log.critical("model %s failed to load: %s; stopping", folder.path, slot.error)
+            log.critical("models %s failed to load: %s; stopping", _paths(slot), slot.error)
             raise
 
     from supersizeme.service.api import bp

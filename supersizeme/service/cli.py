@@ -2,9 +2,11 @@
 
     python -m supersizeme upscale photos/ extra.jpg --out big/ --scale 4 --format webp
 
-Each file goes through the same validation, network and encoder as a POST to the
-service (``pipeline.supersize``, the model loaded by ``upscaler.open_upscaler``),
-without the request deadline. A file that cannot be upscaled is reported and skipped;
+Each file goes through the same validation, routing, networks and encoder as a POST
+to the service (``pipeline``, ``routing``, the models loaded by
+``upscaler.open_upscaler``), without the request deadline: by default JPEG files go to
+the photo model and the others to the clean one, and ``--use-model`` overrides that as
+the ``model`` query parameter does. A file that cannot be upscaled is reported and skipped;
 the exit status says whether any was: 0 all written, 1 some failed, 2 nothing tried
 (bad options or a model that does not load), 130 interrupted.
 """
@@ -25,7 +27,15 @@ from supersizeme.service import config as settings
 from supersizeme.service.capacity import CEILING_PIXELS
 from supersizeme.service.errors import Refused
 from supersizeme.service.images import FORMATS, Limits
-from supersizeme.service.pipeline import SCALES, Output, Upscale, supersize
+from supersizeme.service.pipeline import (
+    SCALES,
+    Output,
+    Timings,
+    Upscale,
+    decode_for,
+    upscale_decoded,
+)
+from supersizeme.service.routing import CLEAN, MODEL_CHOICES, PHOTO, route
 from supersizeme.service.runtime import PRECISIONS, RUNTIMES
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -69,7 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=Path(defaults["MODEL_DIR"]),
-        help="model folder (default: %(default)s)",
+        help="the clean model's folder (default: %(default)s)",
+    )
+    upscale.add_argument(
+        "--photo-model",
+        type=optional_folder,
+        default=defaults["PHOTO_MODEL_DIR"],
+        help="the photo model's folder, for JPEG files, or 'none' (default: %(default)s)",
+    )
+    upscale.add_argument(
+        "--use-model",
+        choices=MODEL_CHOICES,
+        default=MODEL_CHOICES[0],
+        help="auto: the photo model for JPEG files, the clean one for the others (default)",
     )
     upscale.add_argument("--runtime", choices=RUNTIMES, default=defaults["RUNTIME"])
     upscale.add_argument("--precision", choices=PRECISIONS, default=defaults["PRECISION"])
@@ -83,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Not options: the server's other settings, so that a file is judged as a POST is.
     upscale.set_defaults(min_side=defaults["MIN_SIDE"], tile=defaults["TILE"])
     return parser
+
+
+def optional_folder(text: str) -> Path | None:
+    return None if text.strip().lower() == settings.NO_MODEL else Path(text)
 
 
 def positive_int(text: str) -> int:
@@ -161,13 +187,19 @@ def plan(paths: Iterable[Path], out: Path, output: Output) -> tuple[list[Job], l
     return kept, failures
 
 
-def attempt(job: Job, upscale: Upscale, limits: Limits, output: Output) -> Failure | None:
+# The loaded models by role (routing.CLEAN always, routing.PHOTO where one is used).
+Models = dict[str, Upscale]
+
+
+def attempt(
+    job: Job, models: Models, limits: Limits, output: Output, choice: str
+) -> Failure | None:
     """Upscale one file; what went wrong, if anything, instead of an exception.
 
     A Refused, whether from the served path or about the file itself, keeps its code.
     """
     try:
-        upscale_file(job, upscale, limits, output)
+        upscale_file(job, models, limits, output, choice)
     except Refused as exc:
         return Failure(job.source, exc.code, exc.message)
     except Exception as exc:
@@ -176,12 +208,15 @@ def attempt(job: Job, upscale: Upscale, limits: Limits, output: Output) -> Failu
     return None
 
 
-def upscale_file(job: Job, upscale: Upscale, limits: Limits, output: Output) -> None:
+def upscale_file(job: Job, models: Models, limits: Limits, output: Output, choice: str) -> None:
     data = read_regular_file(job.source)
     if not data:
         raise Refused("empty_file", "the file is empty")
+    timings = Timings()
+    image = decode_for(data, limits, output, timings)
+    first = models[route(choice, image.source_format, models, image.jpeg_quality)]
     try:
-        encoded, _ = supersize(data, upscale, output, limits)
+        encoded = upscale_decoded(image, models[CLEAN], output, None, timings, first)
     except MemoryError:
         raise Refused("out_of_memory", "not enough memory for this image") from None
     try:
@@ -248,14 +283,18 @@ def write_whole(target: Path, data: bytes) -> None:
         raise
 
 
-def load_upscaler(args: argparse.Namespace) -> Upscale:
-    """The server's loading code, with every core for the one process."""
+def load_models(args: argparse.Namespace) -> Models:
+    """The server's loading code, with every core for the one process; the photo model
+    only where one is named and ``--use-model`` may send a file to it."""
     from supersizeme.service.upscaler import LoadSettings, open_upscaler
 
     settings = LoadSettings(
         runtime=args.runtime, precision=args.precision, tile=args.tile, threads=cpu_count()
     )
-    return open_upscaler(args.model, settings)
+    models: Models = {CLEAN: open_upscaler(args.model, settings)}
+    if args.photo_model is not None and args.use_model != CLEAN:
+        models[PHOTO] = open_upscaler(args.photo_model, settings)
+    return models
 
 
 def run_upscale(args: argparse.Namespace) -> int:
@@ -270,15 +309,18 @@ def run_upscale(args: argparse.Namespace) -> int:
         print(failure, file=sys.stderr)
     written = 0
     if jobs:
+        if args.use_model == PHOTO and args.photo_model is None:
+            print("error: --use-model photo needs a --photo-model folder", file=sys.stderr)
+            return EXIT_USAGE
         try:
-            upscale = load_upscaler(args)
+            models = load_models(args)
         except Exception as exc:
-            print(f"error: cannot load the model {args.model}: {exc}", file=sys.stderr)
+            print(f"error: cannot load the models: {exc}", file=sys.stderr)
             return EXIT_USAGE
         limits = Limits(max_pixels=args.max_pixels, min_side=args.min_side)
         with tqdm(jobs, unit="image", file=sys.stderr, dynamic_ncols=True) as progress:
             for job in progress:
-                failure = attempt(job, upscale, limits, output)
+                failure = attempt(job, models, limits, output, args.use_model)
                 if failure is None:
                     written += 1
                 else:

@@ -15,6 +15,10 @@ from supersizeme.service.images import Limits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "rdn-C3-D6-G32-G032-x2"
+# The same network trained for JPEG-compressed inputs (service/routing.py).
+DEFAULT_PHOTO_MODEL = "rdn-C3-D6-G32-G032-x2-jpeg"
+# SSM_PHOTO_MODEL_DIR=none serves every upload with the clean model.
+NO_MODEL = "none"
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 # A multipart upload wraps the file in boundaries and part headers; this much extra is
@@ -41,11 +45,18 @@ def default_workers() -> int:
     return env("SSM_WORKERS", 1, int)
 
 
+def photo_model_dir() -> str | None:
+    value = env("SSM_PHOTO_MODEL_DIR", str(REPO_ROOT / "models" / DEFAULT_PHOTO_MODEL))
+    return None if value.strip().lower() == NO_MODEL else value
+
+
 def from_environment() -> dict[str, Any]:
     """The service's settings: environment variables over the built-in defaults."""
     workers = default_workers()
     return {
         "MODEL_DIR": env("SSM_MODEL_DIR", str(REPO_ROOT / "models" / DEFAULT_MODEL)),
+        # The model for JPEG uploads; None: none, the clean model serves them too.
+        "PHOTO_MODEL_DIR": photo_model_dir(),
         "RUNTIME": env("SSM_RUNTIME", "openvino"),
         "PRECISION": env("SSM_PRECISION", "auto"),
         "TILE": env("SSM_TILE", 512, int),

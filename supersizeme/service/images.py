@@ -32,6 +32,7 @@ from PIL import ExifTags, Image, PngImagePlugin
 
 from supersizeme.machine import cpu_count
 from supersizeme.service.errors import Refused
+from supersizeme.service.jpeg_quality import estimate_quality
 from supersizeme.service.levels import quantised
 from supersizeme.service.png import encode_png
 
@@ -115,6 +116,20 @@ _PHOTOSHOP = b"Photoshop 3.0\0"
 _JPEG_SEGMENT_CODES = frozenset(
     {*range(0xC0, 0xC8), *range(0xC9, 0xD0), *range(0xDA, 0xDE), *range(0xE0, 0xF0), 0xFE}
 )
+# The frame types (SOFn) that Pillow's libjpeg does not decode, by what they are named in
+# ITU-T T.81 (B.1.1.3): hierarchical and arithmetic-coded ones. Huffman-coded baseline,
+# extended, progressive and lossless frames (SOF0-3) are decoded.
+_UNSUPPORTED_FRAMES = {
+    0xC5: "hierarchical (differential sequential)",
+    0xC6: "hierarchical (differential progressive)",
+    0xC7: "hierarchical (differential lossless)",
+    0xC9: "arithmetic-coded (extended sequential)",
+    0xCA: "arithmetic-coded (progressive)",
+    0xCB: "arithmetic-coded (lossless)",
+    0xCD: "arithmetic-coded (differential sequential)",
+    0xCE: "arithmetic-coded (differential progressive)",
+    0xCF: "arithmetic-coded (differential lossless)",
+}
 _PNG_COMPRESSED_CHUNKS = frozenset({b"zTXt", b"iTXt", b"iCCP"})
 
 # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
@@ -228,6 +243,8 @@ class DecodedImage:
     sixteen_bit: bool
     icc_profile: bytes | None
     source_format: str
+    # A JPEG's quality as its luminance table says (jpeg_quality.estimate_quality), else None.
+    jpeg_quality: int | None = None
 
     @property
     def width(self) -> int:
@@ -326,6 +343,13 @@ def _check_jpeg_structure(data: bytes) -> None:
             # libjpeg refuses this header, but only after Pillow has stepped through the
             # rest of the file byte by byte.
             raise _corrupt("JPEG")
+        if code in _UNSUPPORTED_FRAMES:
+            raise Refused(
+                "unsupported_media_type",
+                f"The JPEG is {_UNSUPPORTED_FRAMES[code]} (SOF{code - 0xC0}); only "
+                "Huffman-coded JPEGs (baseline, progressive, lossless) are decoded: save "
+                "it as a standard JPEG or as PNG.",
+            )
         segments += 1
         if segments > MAX_JPEG_SEGMENTS:
             raise Refused(
@@ -435,6 +459,7 @@ def _check_header(image: Image.Image, source_format: str, limits: Limits) -> Non
     EXIF rotation only swaps width and height, so these checks hold for the upright
     image too.
     """
+    _check_profile_size(image.info)
     width, height = image.size
     pixels = width * height
     if pixels > limits.pixel_cap:
@@ -466,7 +491,31 @@ def _decoded(image: Image.Image, source_format: str) -> DecodedImage:
         grayscale = upright.mode in _GREY_MODES
         rgb, alpha = _eight_bit(upright, grayscale=grayscale)
         sixteen_bit = False
-    return DecodedImage(rgb, alpha, grayscale, sixteen_bit, icc_profile, source_format)
+    quality = _jpeg_quality(image) if source_format == "JPEG" else None
+    return DecodedImage(rgb, alpha, grayscale, sixteen_bit, icc_profile, source_format, quality)
+
+
+def _jpeg_quality(image: Image.Image) -> int | None:
+    tables = getattr(image, "quantization", None) or {}
+    luminance = tables[min(tables)] if tables else ()
+    return estimate_quality(luminance) if len(luminance) == 64 else None
+
+
+def _check_profile_size(info: Mapping[str, object]) -> None:
+    """A JPEG's ICC profile (spread over APP2 segments) within the PNG input's bound.
+
+    The profile is copied into the result, whose iCCP chunk Pillow (and this service)
+    reads only up to MAX_TEXT_CHUNK decompressed: a larger one would make a result that
+    cannot be opened, or sent back.
+    """
+    profile = info.get("icc_profile")
+    limit = PngImagePlugin.MAX_TEXT_CHUNK
+    if isinstance(profile, bytes) and len(profile) > limit:
+        raise Refused(
+            "too_much_metadata",
+            f"The image's ICC profile is {len(profile):,} bytes; at most {limit:,} "
+            f"({limit // 2**20} MiB, what a PNG result can carry) are accepted.",
+        )
 
 
 def _check_exif_size(info: Mapping[str, object]) -> None:

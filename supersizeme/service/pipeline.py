@@ -82,20 +82,24 @@ def progressive(
     scale: int,
     stop: Stop | None,
     dtype: type[np.generic] = np.float32,
+    first: Upscale | None = None,
 ) -> np.ndarray:
     """Run the network until the image is ``scale`` times larger: once for x2, twice for x4.
 
-    Between passes the image is clipped to [0, 1], the range the network was trained
-    on, as if its x2 result had been saved and sent again (but without rounding). Every
-    pass checks ``stop`` between tiles, so one deadline covers them all and a client that
-    hangs up during either pass costs at most one more tile. The last pass gives ``dtype``.
+    ``first`` (by default ``upscale``) runs the first pass: the photo model removes a
+    JPEG's artefacts there, and the second pass enlarges its clean result. Between passes
+    the image is clipped to [0, 1], the range the network was trained on, as if its x2
+    result had been saved and sent again (but without rounding). Every pass checks
+    ``stop`` between tiles, so one deadline covers them all and a client that hangs up
+    during either pass costs at most one more tile. The last pass gives ``dtype``.
     """
     height, width = rgb.shape[:2]
     while rgb.shape[0] < height * scale:
         if rgb.shape[0] > height:
             rgb = np.clip(rgb, 0.0, 1.0)
         last = rgb.shape[0] * 2 >= height * scale
-        rgb = upscale(rgb, stop, dtype=dtype) if last else upscale(rgb, stop)
+        network = first if first is not None and rgb.shape[0] == height else upscale
+        rgb = network(rgb, stop, dtype=dtype) if last else network(rgb, stop)
     if rgb.shape[:2] != (height * scale, width * scale):
         raise ValueError(f"the network's factor cannot make x{scale} in whole passes")
     return rgb
@@ -121,13 +125,19 @@ def decode_for(
 
 
 def upscale_decoded(
-    image: DecodedImage, upscale: Upscale, output: Output, stop: Stop | None, timings: Timings
+    image: DecodedImage,
+    upscale: Upscale,
+    output: Output,
+    stop: Stop | None,
+    timings: Timings,
+    first: Upscale | None = None,
 ) -> bytes:
+    """Enlarge and encode a decoded image; ``first`` runs the first pass (``progressive``)."""
     # Colour results are kept as 8-bit levels from the network on: every output format
     # writes colour in 8 bits. Grey ones stay float, for their channel mean and 16 bits.
     dtype = np.float32 if image.grayscale else np.uint8
     with timings.measure("inference"):
-        rgb = progressive(image.rgb, upscale, output.scale, stop, dtype)
+        rgb = progressive(image.rgb, upscale, output.scale, stop, dtype, first)
         alpha = upscale_alpha(image.alpha, output.scale) if image.alpha is not None else None
     with timings.measure("encode"):
         return encode(

@@ -13,6 +13,7 @@ registry in memory.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import os
 import time
@@ -81,6 +82,7 @@ class RequestRecord:
     stages: dict[str, float] = field(default_factory=dict)
     total: float = 0.0
     remote_addr: str | None = None
+    model: str | None = None  # the model that enlarged the image (routing), once chosen
     pid: int = field(default_factory=os.getpid)
 
     @classmethod
@@ -108,7 +110,8 @@ class RequestRecord:
             # A stage that was never reached keeps its 0.0: leave it out rather than report it.
             stages={k: v for k, v in vars(timings).items() if v > 0} if timings is not None else {},
             total=time.monotonic() - g.get("started", time.monotonic()),
-            remote_addr=request.remote_addr,
+            remote_addr=client_address(request),
+            model=g.get("model"),
         )
 
     @property
@@ -131,6 +134,7 @@ class RequestRecord:
             "width": self.width,
             "height": self.height,
             "pixels": self.pixels,
+            "model": self.model,
             **{f"{stage}_s": round(seconds, 4) for stage, seconds in self.stages.items()},
             "total_s": round(self.total, 4),
             "remote_addr": self.remote_addr,
@@ -139,10 +143,22 @@ class RequestRecord:
         return json.dumps(line, separators=(",", ":"))
 
 
+def client_address(request: Request) -> str | None:
+    """The client's address: the peer's, or behind the front (gunicorn on its unix socket,
+    where the peer has no address) the X-Real-IP that nginx sets, if it is an address."""
+    if request.remote_addr:
+        return request.remote_addr
+    forwarded = request.headers.get("X-Real-IP", "")
+    try:
+        return str(ipaddress.ip_address(forwarded))
+    except ValueError:
+        return None
+
+
 class Telemetry:
     """The service's Prometheus series, one set per app (per worker under gunicorn)."""
 
-    def __init__(self, folder: ModelFolder, precision: str):
+    def __init__(self, folders: dict[str, ModelFolder], precision: str):
         # In multiprocess mode the values live in the shared files, not in a registry: the
         # series are registered nowhere and /metrics reads the files instead.
         multiprocess = bool(os.environ.get(MULTIPROCESS_DIR_VARIABLE))
@@ -191,15 +207,25 @@ class Telemetry:
             ["reason"],
             registry=registry,
         )
+        self.upscales = Counter(
+            "ssm_upscales",
+            "Uploads decoded and given to a model, by the model (clean or photo) and the "
+            "HTTP status of their answer.",
+            ["model", "status"],
+            registry=registry,
+        )
         model = Gauge(
             "ssm_model_info",
-            "The model served (value 1): name, trained parameter count, precision.",
-            ["name", "parameters", "precision"],
+            "The models served (value 1): role (clean or photo), folder name, trained "
+            "parameter count, precision.",
+            ["role", "name", "parameters", "precision"],
             registry=registry,
             multiprocess_mode="livemax",
         )
-        count = folder.spec.get("parameter_count")
-        model.labels(folder.params.name, str(count or "unknown"), precision).set(1)
+        for role, folder in folders.items():
+            count = folder.spec.get("parameter_count")
+            name = folder.path.resolve().name
+            model.labels(role, name, str(count or "unknown"), precision).set(1)
 
     def observe(self, record: RequestRecord) -> None:
         self.requests.labels(record.endpoint, str(record.status)).inc()
@@ -208,6 +234,8 @@ class Telemetry:
             self.rejected.labels(record.error).inc()
         if record.pixels:
             self.pixels.observe(record.pixels)
+        if record.model:
+            self.upscales.labels(record.model, str(record.status)).inc()
         for stage, seconds in record.stages.items():
             self.stages.labels(stage).observe(seconds)
 

@@ -30,6 +30,7 @@ from supersizeme.service.capacity import (
     image_budget,
     resident_bytes,
 )
+from supersizeme.service.routing import CLEAN, PHOTO
 from supersizeme.service.runtime import choose_precision, load_network, stream_count
 from supersizeme.service.threads import mapped
 from supersizeme.service.tiling import Stop, TiledUpscaler
@@ -172,6 +173,11 @@ def open_upscaler(model_dir: str | Path, settings: LoadSettings | None = None) -
     return load(ModelFolder.open(model_dir), settings or LoadSettings(threads=cpu_count()))
 
 
+def slowest(upscalers: dict[str, Upscaler]) -> float:
+    """The highest seconds per input megapixel among ``upscalers``: what the cap must allow."""
+    return max(served.seconds_per_megapixel for served in upscalers.values())
+
+
 @dataclass(frozen=True)
 class PixelCap:
     """What the worker's pixel cap is decided from: an operator's cap (or None: decided by
@@ -184,23 +190,43 @@ class PixelCap:
 
 
 class ModelSlot:
-    """One worker's model: loading, then ready (or failed), as /readyz reports it.
+    """One worker's models: loading, then ready (or failed), as /readyz reports it.
 
-    Once the model is loaded and timed, ``cap`` is the pixel cap in force and what decided
-    it (capacity.decide_cap), and ``memory`` the ledger of its images' memory.
+    The clean model always, and the photo model for compressed uploads where one is
+    configured (``routing``), both on the same threads and streams. Once they are loaded
+    and timed, ``cap`` is the pixel cap in force and what decided it
+    (capacity.decide_cap), from the slower model's speed and the memory left beside both
+    of them, and ``memory`` the ledger of its images' memory.
     """
 
-    def __init__(self, folder: ModelFolder, settings: LoadSettings, limits: PixelCap):
-        self.folder = folder
+    def __init__(
+        self,
+        folder: ModelFolder,
+        settings: LoadSettings,
+        limits: PixelCap,
+        photo: ModelFolder | None = None,
+    ):
+        self.folders = {CLEAN: folder, **({PHOTO: photo} if photo else {})}
         self.settings = settings
         self.limits = limits
         self.cap: CapDecision | None = None
         self.memory = MemoryLedger(0)
         self.encode_seconds_per_megapixel: float | None = None
-        self.served: Upscaler | None = None
+        # Every model's upscaler by role, once all of them are loaded.
+        self.upscalers: dict[str, Upscaler] = {}
         self.error: str | None = None
         self.loaded_at: float | None = None
         self._ready = threading.Event()
+
+    @property
+    def folder(self) -> ModelFolder:
+        """The clean model's folder: what the worker serves whatever else it holds."""
+        return self.folders[CLEAN]
+
+    @property
+    def served(self) -> Upscaler | None:
+        """The clean model's upscaler once every model is loaded, else None."""
+        return self.upscalers.get(CLEAN)
 
     @property
     def max_pixels(self) -> int:
@@ -224,17 +250,18 @@ class ModelSlot:
 
     def load(self) -> None:
         try:
-            served = load(self.folder, self.settings)
+            loaded = {role: load(folder, self.settings) for role, folder in self.folders.items()}
             encode = self.encode_seconds_per_megapixel = encode_seconds_per_megapixel()
+            # Measured with every model in memory: the budget is what is left beside them.
             budget = image_budget(self.limits.memory_bytes, self.limits.workers, resident_bytes())
-            cap = self._decide(served.seconds_per_megapixel + encode, budget)
+            cap = self._decide(slowest(loaded) + encode, budget)
             if cap.decided_by == "speed":
-                served = self._timed_again(served)
-                cap = self._decide(served.seconds_per_megapixel + encode, budget)
-            self._report(cap, served)
+                loaded = {role: self._timed_again(served) for role, served in loaded.items()}
+                cap = self._decide(slowest(loaded) + encode, budget)
+            self._report(cap, loaded[CLEAN], slowest(loaded))
             self.memory = MemoryLedger(budget)
             self.cap = cap
-            self.served = served
+            self.upscalers = loaded
             self.loaded_at = time.time()
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
@@ -261,9 +288,9 @@ class ModelSlot:
             timings.append(measure_speed(served.tiled, served.streams))
         return replace(served, seconds_per_megapixel=min(timings))
 
-    def _report(self, cap: CapDecision, served: Upscaler) -> None:
+    def _report(self, cap: CapDecision, served: Upscaler, seconds_per_megapixel: float) -> None:
         speed = (
-            f"{served.seconds_per_megapixel:.2f} s of inference and "
+            f"{seconds_per_megapixel:.2f} s of inference and "
             f"{self.encode_seconds_per_megapixel:.2f} s of encoding per input megapixel "
             f"({served.runtime}, {served.precision}, {served.threads} threads)"
         )
@@ -292,6 +319,10 @@ class ModelSlot:
             speed,
             cap.memory_pixels,
         )
+
+    def upscaler_for(self, role: str) -> Upscaler:
+        """The loaded upscaler of the model ``role`` (routing.CLEAN or routing.PHOTO)."""
+        return self.upscalers[role]
 
     def load_in_background(self, on_failure: Callable[[ModelSlot], None]) -> threading.Thread:
         def run() -> None:

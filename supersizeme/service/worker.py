@@ -164,6 +164,11 @@ def json_refusal(status: int, request_id: str) -> bytes:
         "Connection: close\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
+        # The headers every answer of the app carries (api.SECURITY_HEADERS and its cache
+        # policy), written out: this module must not import the app.
+        "X-Content-Type-Options: nosniff\r\n"
+        "X-Frame-Options: DENY\r\n"
+        "Cache-Control: no-store\r\n"
         f"X-Request-ID: {request_id}\r\n\r\n"
     )
     return head.encode("latin-1") + body

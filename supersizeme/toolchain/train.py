@@ -34,7 +34,13 @@ import numpy as np
 from PIL import Image
 
 from supersizeme.modelspec import RDNParams
-from supersizeme.toolchain.degradation import hr_lr_pair
+from supersizeme.toolchain.degradation import (
+    DEGRADATIONS,
+    VALIDATION_QUALITIES,
+    Degrade,
+    hr_lr_pair,
+    jpeg_round_trip,
+)
 
 if TYPE_CHECKING:  # TensorFlow loads only when training starts, not on --help
     import keras
@@ -53,6 +59,9 @@ class TrainConfig:
     data: str = ""
     val: str = ""  # optional folder of HR images for a PSNR read-out; never trained on
     patch: int = 48  # LR patch side; the HR patch is patch * scale
+    # what the LR input is: "bicubic" (the benchmarks' downscale) or "jpeg" (that downscale
+    # saved as a JPEG of random quality and subsampling: the photo model's input)
+    degradation: str = "bicubic"
     batch: int = 16
     # optimisation
     lr: float = 3e-4
@@ -106,6 +115,12 @@ def augment(patch: np.ndarray, transform: int) -> np.ndarray:
     return patch[:, ::-1] if transform >= 4 else patch
 
 
+# A degraded crop is this much larger than the patch and cut at a random offset after the
+# degradation, so that the JPEG's 8 x 8 blocks (16 x 16 with 4:2:0 chroma) fall anywhere
+# in the patch, as they fall anywhere in a photo, rather than always on its corners.
+DEGRADE_MARGIN = 16
+
+
 def sample_batch(
     rng: np.random.Generator,
     pairs: list[tuple[np.ndarray, np.ndarray]],
@@ -113,18 +128,32 @@ def sample_batch(
     batch: int,
     patch: int,
     scale: int,
+    degrade: Degrade | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random aligned crops, images drawn in proportion to their area; floats in [0, 1]."""
+    """Random aligned crops, images drawn in proportion to their area; floats in [0, 1].
+
+    ``degrade`` (uint8 RGB, rng) -> uint8 RGB, when given, is applied to each LR crop after
+    its flip or rotation, as a camera compresses the picture it took.
+    """
+    margin = DEGRADE_MARGIN if degrade else 0
+    side = patch + margin
     lr_batch = np.empty((batch, patch, patch, 3), np.float32)
     hr_batch = np.empty((batch, patch * scale, patch * scale, 3), np.float32)
     for i, index in enumerate(rng.choice(len(pairs), size=batch, p=weights)):
         hr, lr = pairs[index]
-        y = rng.integers(0, lr.shape[0] - patch + 1)
-        x = rng.integers(0, lr.shape[1] - patch + 1)
+        y = rng.integers(0, lr.shape[0] - side + 1)
+        x = rng.integers(0, lr.shape[1] - side + 1)
         transform = int(rng.integers(0, 8))
-        lr_batch[i] = augment(lr[y : y + patch, x : x + patch], transform)
-        hy, hx, hp = y * scale, x * scale, patch * scale
-        hr_batch[i] = augment(hr[hy : hy + hp, hx : hx + hp], transform)
+        lr_crop = augment(lr[y : y + side, x : x + side], transform)
+        hy, hx, hs = y * scale, x * scale, side * scale
+        hr_crop = augment(hr[hy : hy + hs, hx : hx + hs], transform)
+        oy = ox = 0
+        if degrade:
+            lr_crop = degrade(lr_crop, rng)
+            oy, ox = (int(v) for v in rng.integers(0, margin + 1, size=2))
+        lr_batch[i] = lr_crop[oy : oy + patch, ox : ox + patch]
+        hp = patch * scale
+        hr_batch[i] = hr_crop[oy * scale : oy * scale + hp, ox * scale : ox * scale + hp]
     return lr_batch / 255.0, hr_batch / 255.0
 
 
@@ -189,6 +218,7 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray], list[np.nd
         state = json.loads(str(data["meta"]))
         # Checkpoints from before the --init option were initialised the ISR way.
         state["config"].setdefault("init", "isr")
+        state["config"].setdefault("degradation", "bicubic")
         named = {
             k.removeprefix(WEIGHT_PREFIX): data[k] for k in data if k.startswith(WEIGHT_PREFIX)
         }
@@ -227,6 +257,21 @@ def validate(
         sr = np.clip(np.rint(np.asarray(sr[0], np.float32) * 255.0), 0, 255)
         scores.append(y_psnr_ssim(hr, sr, border=scale)[0])
     return float(np.mean(scores))
+
+
+def validation_sets(
+    config: TrainConfig, compressed: bool
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """The validation images by condition: clean, and for a JPEG run also their LR saved
+    at each of ``VALIDATION_QUALITIES``, so that the read-out shows both sides of the trade."""
+    if not config.val:
+        return {}
+    pairs = load_image_pairs(config.val, config.scale, 1)
+    sets = {"clean": pairs}
+    if compressed:
+        for quality in VALIDATION_QUALITIES:
+            sets[f"q{quality}"] = [(hr, jpeg_round_trip(lr, quality)) for hr, lr in pairs]
+    return sets
 
 
 class Run:
@@ -293,13 +338,15 @@ class Run:
         from tqdm import tqdm
 
         config = self.config
-        pairs = load_image_pairs(config.data, config.scale, config.patch)
-        areas = [
-            (lr.shape[0] - config.patch + 1) * (lr.shape[1] - config.patch + 1) for _, lr in pairs
-        ]
+        if config.degradation not in DEGRADATIONS:
+            raise SystemExit(f"--degradation {config.degradation}: one of {list(DEGRADATIONS)}")
+        degrade = DEGRADATIONS[config.degradation]
+        side = config.patch + (DEGRADE_MARGIN if degrade else 0)
+        pairs = load_image_pairs(config.data, config.scale, side)
+        areas = [(lr.shape[0] - side + 1) * (lr.shape[1] - side + 1) for _, lr in pairs]
         weights = np.array(areas, float) / sum(areas)
-        val_pairs = load_image_pairs(config.val, config.scale, 1) if config.val else []
-        print(f"{config.params.name}: {len(pairs)} training images", flush=True)
+        val_sets = validation_sets(config, degrade is not None)
+        print(f"{config.params.name}: {len(pairs)} images, {config.degradation}", flush=True)
 
         def stop(signum: int, frame: object) -> None:
             raise KeyboardInterrupt
@@ -319,7 +366,7 @@ class Run:
                 started = time.perf_counter()
                 lr_value = learning_rate(config, self.step, self.seconds)
                 lr_batch, hr_batch = sample_batch(
-                    self.rng, pairs, weights, config.batch, config.patch, config.scale
+                    self.rng, pairs, weights, config.batch, config.patch, config.scale, degrade
                 )
                 loss = take_step(lr_batch, hr_batch, lr_value)
                 self.seconds += time.perf_counter() - started
@@ -334,9 +381,12 @@ class Run:
                 )
                 if self.step % config.checkpoint_every == 0:
                     checkpoint()
-                if predict and val_pairs and self.step % config.eval_every == 0:
-                    score = validate(predict, val_pairs, config.scale)
-                    print(f"\nstep {self.step}: validation Y-PSNR {score:.3f} dB", flush=True)
+                if predict and val_sets and self.step % config.eval_every == 0:
+                    scores = ", ".join(
+                        f"{label} {validate(predict, val_pairs, config.scale):.3f}"
+                        for label, val_pairs in val_sets.items()
+                    )
+                    print(f"\nstep {self.step}: validation Y-PSNR (dB) {scores}", flush=True)
         except KeyboardInterrupt:
             print("\ninterrupted; saving checkpoint", flush=True)
         finally:
@@ -349,7 +399,9 @@ class Run:
         )
 
 
-_FIXED_BY_CHECKPOINT = ("C", "D", "G", "G0", "scale", "precision", "patch", "batch", "seed", "init")
+_FIXED_BY_CHECKPOINT = (
+    "C", "D", "G", "G0", "scale", "precision", "patch", "batch", "seed", "init", "degradation"
+)
 
 
 def train(config: TrainConfig) -> Path:
@@ -413,7 +465,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
             parser.add_argument(flag, action="store_true")
         else:
             kind = {"int": int, "float": float, "str": str}[field.type]
-            parser.add_argument(flag, type=kind, default=field.default)
+            choices = list(DEGRADATIONS) if field.name == "degradation" else None
+            parser.add_argument(flag, type=kind, default=field.default, choices=choices)
     args = parser.parse_args(argv)
     config = TrainConfig(**vars(args))
     if not config.data:

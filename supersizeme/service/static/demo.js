@@ -6,7 +6,8 @@
 const $ = (id) => document.getElementById(id);
 const els = {
   form: $("upload"), drop: $("drop"), file: $("file"), send: $("send"),
-  options: $("options"), scale: $("scale"), format: $("format"), limits: $("limits"),
+  options: $("options"), scale: $("scale"), format: $("format"), model: $("model"),
+  limits: $("limits"),
   status: $("status"), error: $("error"), comparison: $("comparison"),
   stage: $("stage"), result: $("result"), bicubic: $("bicubic"), bicubicNote: $("bicubic-note"),
   split: $("split"), zoom: $("zoom"), outputSize: $("output-size"), timing: $("timing"),
@@ -27,6 +28,11 @@ let resultUrl = null;
 let uploads = 0; // a newer upload makes the answers of older ones stale
 
 const FORMAT_NAMES = { png: "PNG", webp: "WebP (lossless)", jpeg: "JPEG (quality 95)" };
+const MODEL_NAMES = {
+  auto: "automatic: photo model for JPEG files, clean model for others",
+  clean: "clean (for PNGs, screenshots, renders)",
+  photo: "photo (for JPEG-compressed pictures)",
+};
 
 function setState(state, text) {
   document.body.dataset.state = state;
@@ -56,7 +62,9 @@ async function loadModelInfo() {
     return; // the page still works with the API's defaults
   }
   const limits = info.limits || {};
-  const parts = [`Model ${info.name}.`];
+  const models = Array.isArray(info.models) ? info.models : [];
+  const names = models.map((model) => `${model.role} ${model.name}`).join(", ");
+  const parts = [names ? `Models: ${names}.` : `Model ${info.name}.`];
   if (limits.max_body_bytes) parts.push(`Files up to ${formatBytes(limits.max_body_bytes)}`);
   if (limits.max_pixels) {
     const perScale = limits.max_pixels_by_scale || {};
@@ -68,6 +76,10 @@ async function loadModelInfo() {
   if (Array.isArray(info.scales) && Array.isArray(info.formats)) {
     fillSelect(els.scale, info.scales, (scale) => `${scale}× wider and taller`);
     fillSelect(els.format, info.formats, (name) => FORMAT_NAMES[name] || name);
+    const choices = Array.isArray(info.model_choices) ? info.model_choices : [];
+    fillSelect(els.model, choices, (name) => MODEL_NAMES[name] || name);
+    // A server without the parameter lists no choices: the page then leaves it out.
+    els.model.disabled = !choices.length;
     els.options.hidden = false;
   }
 }
@@ -82,6 +94,7 @@ function fillSelect(select, values, describe) {
 function endpoint() {
   if (els.options.hidden) return "/supersizeme/";
   const query = new URLSearchParams({ scale: els.scale.value, format: els.format.value });
+  if (!els.model.disabled) query.set("model", els.model.value);
   return `/supersizeme/?${query}`;
 }
 
@@ -206,8 +219,10 @@ async function showResult(file, blob, response, roundTrip, mine) {
   const from = original
     ? ` (${width / original.width}× of ${original.width} × ${original.height})`
     : "";
+  const used = response.headers.get("X-Model");
+  const by = used ? `, by the ${used} model` : "";
   els.outputSize.textContent =
-    `${width} × ${height} pixels${from}, ${formatBytes(blob.size)}, ${blob.type}`;
+    `${width} × ${height} pixels${from}${by}, ${formatBytes(blob.size)}, ${blob.type}`;
   els.timing.textContent = describeTiming(response.headers.get("Server-Timing"), roundTrip);
   els.download.href = resultUrl;
   els.download.download = downloadName(response, blob, original && scale);
