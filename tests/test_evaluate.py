@@ -6,6 +6,7 @@ import http.server
 import io
 import json
 import math
+import shutil
 import threading
 from pathlib import Path
 
@@ -335,16 +336,12 @@ def test_url_error_without_json_still_says_its_status(service, bench):
 
 
 @pytest.fixture
-def mini(tmp_path) -> Path:
-    """Two small RGB images, in a folder of their own."""
+def mini(bench, tmp_path) -> Path:
+    """The bench's two colour images, in a folder of their own."""
     folder = tmp_path / "mini"
     folder.mkdir()
-    rng = np.random.default_rng(11)
-    yy, xx = np.mgrid[0:24, 0:30]
-    for i in range(2):
-        wave = 128 + 80 * np.sin(xx / (2 + i) + yy / 4)[..., None] * np.array([1, 0.5, 0.8])
-        pixels = np.clip(wave + rng.normal(0, 8, wave.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"m{i}.png")
+    for name in ("img_0.png", "img_1.png"):
+        shutil.copy(bench / name, folder / name)
     return folder
 
 

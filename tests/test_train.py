@@ -4,6 +4,7 @@ the batches (clean or degraded), the validation sets and the --degradation setti
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import signal
 
@@ -89,20 +90,10 @@ def blocky_pairs(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
 WEIGHTS = np.array([0.6, 0.4])
 
 
-def old_sample_batch(rng, pairs, weights, batch, patch, scale):
-    """The sampler as it was before --degradation, verbatim: what a bicubic run must keep
-    drawing, so that its checkpoints resume to the same batches."""
-    lr_batch = np.empty((batch, patch, patch, 3), np.float32)
-    hr_batch = np.empty((batch, patch * scale, patch * scale, 3), np.float32)
-    for i, index in enumerate(rng.choice(len(pairs), size=batch, p=weights)):
-        hr, lr = pairs[index]
-        y = rng.integers(0, lr.shape[0] - patch + 1)
-        x = rng.integers(0, lr.shape[1] - patch + 1)
-        transform = int(rng.integers(0, 8))
-        lr_batch[i] = augment(lr[y : y + patch, x : x + patch], transform)
-        hy, hx, hp = y * scale, x * scale, patch * scale
-        hr_batch[i] = augment(hr[hy : hy + hp, hx : hx + hp], transform)
-    return lr_batch / 255.0, hr_batch / 255.0
+# What the sampler drew from blocky_pairs() with seed 9 before the degradations existed (16
+# patches of 8): a bicubic run must keep drawing exactly this, so that its checkpoints resume
+# to the same batches. sha256 prefixes of the float32 batches, and the generator's next draw.
+BEFORE_DEGRADATIONS = ("c7cd96734ac735f7", "d23f0cc432fdffac", 23208601)
 
 
 def levels(batch: np.ndarray) -> np.ndarray:
@@ -112,15 +103,14 @@ def levels(batch: np.ndarray) -> np.ndarray:
 
 def test_without_a_degradation_the_batches_are_aligned_and_as_before():
     pairs = blocky_pairs()
-    rng, old_rng = np.random.default_rng(9), np.random.default_rng(9)
+    rng = np.random.default_rng(9)
     lr_batch, hr_batch = sample_batch(rng, pairs, WEIGHTS, 16, 8, 2)
-    old_lr, old_hr = old_sample_batch(old_rng, pairs, WEIGHTS, 16, 8, 2)
     assert lr_batch.shape == (16, 8, 8, 3) and hr_batch.shape == (16, 16, 16, 3)
     assert lr_batch.dtype == hr_batch.dtype == np.float32
     np.testing.assert_array_equal(levels(lr_batch), levels(hr_batch)[:, ::2, ::2])
-    np.testing.assert_array_equal(lr_batch, old_lr)
-    np.testing.assert_array_equal(hr_batch, old_hr)
-    assert rng.bit_generator.state == old_rng.bit_generator.state  # the same draws, no more
+    digests = tuple(hashlib.sha256(b.tobytes()).hexdigest()[:16] for b in (lr_batch, hr_batch))
+    # The same batches, and the same draws, no more.
+    assert (*digests, int(rng.integers(0, 2**32))) == BEFORE_DEGRADATIONS
     assert len({item.tobytes() for item in lr_batch}) == 16  # crops from all over
 
 
