@@ -98,7 +98,12 @@ def running_front(
 ) -> Iterator[Server]:
     """The service as `make serve` starts it (nginx on a free loopback port, gunicorn on a
     unix socket behind it), yielded once /readyz through nginx says 200; SIGTERM and wait
-    after. ``process`` is the launcher; the models as for ``running_gunicorn``."""
+    after. ``process`` is the launcher; the models as for ``running_gunicorn``.
+
+    Started as root, the service stays root (``SSM_USER=root``) unless ``env`` names its
+    user: a test's model folders lie under pytest's private temporary directory, which no
+    other user may enter."""
+    env = {"SSM_USER": "root", **(env or {})}
     with running(
         front_command(), "the front", (model_dir, photo_model_dir), log, workers, env
     ) as server:

@@ -220,20 +220,24 @@ def client(
 
 
 def wait_for_workers(address: tuple[str, int], workers: int, seconds: float = 300) -> None:
-    """Until /healthz has answered from every worker: a worker answers only once loaded."""
-    seen: set[int] = set()
+    """Until /readyz has said 200 four times per worker in a row: a worker that is still
+    loading its model says 503, and the connections spread over the workers."""
+    in_a_row = 0
     deadline = time.monotonic() + seconds
-    while len(seen) < workers:
+    while in_a_row < 4 * workers:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(seen)} of {workers} workers answered")
+            raise RuntimeError(f"the {workers} workers did not all become ready")
         connection = http.client.HTTPConnection(*address, timeout=10)
         try:
-            connection.request("GET", "/healthz")
-            seen.add(json.loads(connection.getresponse().read())["pid"])
-        except (OSError, ValueError, KeyError):
-            time.sleep(0.5)
+            connection.request("GET", "/readyz")
+            ready = connection.getresponse().status == 200
+        except OSError:
+            ready = False
         finally:
             connection.close()
+        in_a_row = in_a_row + 1 if ready else 0
+        if not ready:
+            time.sleep(0.5)
 
 
 def drive(

@@ -40,6 +40,11 @@ PR_SET_PDEATHSIG = 1
 # On SIGTERM nginx relays the answers gunicorn finishes within its graceful timeout; this
 # much longer it lets them reach slow clients before it closes what is left.
 SHUTDOWN_MARGIN_SECONDS = 5
+GUNICORN = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
+# Request threads gunicorn keeps beyond one per upload slot: a body passes through the front
+# as it arrives and holds its thread meanwhile, and health checks, scrapes and the demo page
+# must still find one free.
+SPARE_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -48,26 +53,37 @@ class FrontSettings:
     header_timeout: float
     stall_timeout: float
     max_uploads: int
+    max_uploads_per_client: int
     max_body_bytes: int
     retry_after: int
     # gunicorn's worker timeout and graceful timeout, from gunicorn.conf.py.
     upstream_timeout: float
     graceful_timeout: float
+    # gunicorn's request threads per worker: its own setting, raised to an upload slot each
+    # and SPARE_THREADS more.
+    threads: int
     temp_dir: str | None
 
     @classmethod
     def from_environment(cls) -> FrontSettings:
         service = settings.from_environment()
         server = runpy.run_path(str(settings.REPO_ROOT / "gunicorn.conf.py"))
+        max_uploads = settings.env("SSM_FRONT_MAX_UPLOADS", 32, int)
         return cls(
             listen=settings.env("SSM_BIND", "0.0.0.0:8000"),
             header_timeout=header_timeout_seconds(),
             stall_timeout=settings.env("SSM_STALL_TIMEOUT_SECONDS", 15.0, float),
-            max_uploads=settings.env("SSM_FRONT_MAX_UPLOADS", 32, int),
+            max_uploads=max_uploads,
+            # A quarter of the slots: a single address trickling bodies leaves the rest to
+            # everyone else.
+            max_uploads_per_client=settings.env(
+                "SSM_FRONT_MAX_UPLOADS_PER_CLIENT", max(1, max_uploads // 4), int
+            ),
             max_body_bytes=service["MAX_BODY_BYTES"],
             retry_after=service["RETRY_AFTER_SECONDS"],
             upstream_timeout=float(server["timeout"]),
             graceful_timeout=float(server["graceful_timeout"]),
+            threads=max(int(server["threads"]), max_uploads + SPARE_THREADS),
             temp_dir=settings.env("SSM_FRONT_TEMP_DIR", None),
         )
 
@@ -80,20 +96,23 @@ def milliseconds(seconds: float) -> str:
 UNIX_PATH_MAX = 107
 
 
-def nginx_config(front: FrontSettings, workdir: Path, socket_path: Path) -> str:
+def nginx_config(
+    front: FrontSettings, workdir: Path, socket_path: Path, account: Account | None = None
+) -> str:
     """front/nginx.conf with every ``{{name}}`` filled in."""
     limit = front.max_body_bytes
     values = {
         "workdir": str(workdir),
         "socket": str(socket_path),
         "listen": front.listen,
-        "user_directive": user_directive(),
+        "user_directive": user_directive(account),
         "header_timeout": milliseconds(front.header_timeout),
         "stall_timeout": milliseconds(front.stall_timeout),
         "upstream_timeout": milliseconds(front.upstream_timeout),
         "shutdown_timeout": milliseconds(front.graceful_timeout + SHUTDOWN_MARGIN_SECONDS),
         "max_request_bytes": str(limit + settings.MULTIPART_OVERHEAD_BYTES),
         "max_uploads": str(front.max_uploads),
+        "max_uploads_per_client": str(front.max_uploads_per_client),
         "retry_after": str(front.retry_after),
         # The app's own sentence for its 413 (supersizeme/service/api.py).
         "payload_too_large": (
@@ -103,17 +122,82 @@ def nginx_config(front: FrontSettings, workdir: Path, socket_path: Path) -> str:
     return re.sub(r"\{\{(\w+)\}\}", lambda match: values[match.group(1)], TEMPLATE.read_text())
 
 
-def user_directive() -> str:
-    """nginx's workers run as the user who started it, as gunicorn's do.
+@dataclass(frozen=True)
+class Account:
+    """The unprivileged user gunicorn and nginx's workers run as when started as root."""
 
-    Started as root, nginx would otherwise switch its workers to nobody, who may not reach
-    the temporary directory (under a private one, say) and would gain little while gunicorn
-    parses the same requests as root. Unprivileged, nginx cannot switch and needs no line.
+    name: str
+    group: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def for_service(cls) -> Account | None:
+        """``SSM_USER`` (nobody unless set) when started as root; None when not root, or
+        when ``SSM_USER`` names root itself (a choice an operator makes on purpose, in a
+        user namespace say)."""
+        if os.geteuid() != 0:
+            return None
+        name = settings.env("SSM_USER", "nobody")
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise SystemExit(f"front: SSM_USER={name}: no such user") from None
+        if entry.pw_uid == 0:
+            return None
+        return cls(name, grp.getgrgid(entry.pw_gid).gr_name, entry.pw_uid, entry.pw_gid)
+
+    def become(self) -> None:
+        os.setgroups([])
+        os.setgid(self.gid)
+        os.setuid(self.uid)
+
+    def cannot_read(self, paths: list[Path]) -> list[Path]:
+        """Those of ``paths`` this account cannot read, tried in a child that becomes it."""
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(reader)
+            try:
+                self.become()
+                refused = [str(path) for path in paths if not os.access(path, os.R_OK)]
+                os.write(writer, "\0".join(refused).encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        with os.fdopen(reader, "rb") as answer:
+            said = answer.read().decode()
+        os.waitpid(child, 0)
+        return [Path(path) for path in said.split("\0") if path]
+
+
+def served_paths() -> list[Path]:
+    """What the service's user must be able to read: the interpreter, the app, the models."""
+    service = settings.from_environment()
+    paths = [Path(sys.executable), settings.REPO_ROOT / "app.py", Path(service["MODEL_DIR"])]
+    return paths + ([Path(service["PHOTO_MODEL_DIR"])] if service["PHOTO_MODEL_DIR"] else [])
+
+
+def user_directive(account: Account | None) -> str:
+    """Whom nginx's workers run as: ``account``, else the user who started it.
+
+    Started as root, nginx would otherwise switch its workers to nobody whatever SSM_USER
+    says. Unprivileged, nginx cannot switch and needs no line.
     """
+    if account is not None:
+        return f"user {account.name} {account.group};"
     if os.geteuid() != 0:
         return ""
     user = pwd.getpwuid(os.geteuid())
     return f"user {user.pw_name} {grp.getgrgid(os.getegid()).gr_name};"
+
+
+def account_options(account: Account | None) -> dict[str, Any]:
+    """Popen's options that start a child as ``account`` (all of it: gunicorn's master too,
+    not only its workers, as gunicorn's own --user would)."""
+    if account is None:
+        return {}
+    return {"user": account.uid, "group": account.gid, "extra_groups": []}
 
 
 def find_nginx() -> str:
@@ -223,6 +307,15 @@ class Supervisor:
 def serve() -> int:
     nginx = find_nginx()
     front = FrontSettings.from_environment()
+    account = Account.for_service()
+    if account is not None and (unreadable := account.cannot_read(served_paths())):
+        print(
+            f"front: started as root, the service runs as {account.name}, who cannot "
+            f"read {', '.join(map(str, unreadable))}; make it readable, or set SSM_USER "
+            "to an account that can",
+            file=sys.stderr,
+        )
+        return 2
     supervisor = Supervisor()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, supervisor.on_signal)
@@ -230,6 +323,9 @@ def serve() -> int:
         prefix="supersizeme-front-", dir=front.temp_dir, ignore_cleanup_errors=True
     ) as work:
         workdir = Path(work)
+        if account is not None:
+            # nginx's workers write their buffers here, gunicorn makes its socket here.
+            os.chown(workdir, account.uid, account.gid)
         socket_path = workdir / "gunicorn.sock"
         if len(os.fsencode(socket_path)) > UNIX_PATH_MAX:
             print(
@@ -239,7 +335,7 @@ def serve() -> int:
             )
             return 2
         config = workdir / "nginx.conf"
-        config.write_text(nginx_config(front, workdir, socket_path))
+        config.write_text(nginx_config(front, workdir, socket_path, account))
         command = [nginx, "-p", str(workdir), "-c", str(config)]
         if nginx_version(nginx) >= EARLY_LOG_SINCE:
             command[1:1] = ["-e", "stderr"]
@@ -249,8 +345,9 @@ def serve() -> int:
             return 2
         supervisor.start(
             "gunicorn",
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app"],
+            [*GUNICORN, "--threads", str(front.threads), "app:app"],
             env={**os.environ, "SSM_BIND": f"unix:{socket_path}"},
+            **account_options(account),
         )
         # gunicorn listens within a second or two, before its workers load the model; nginx
         # starts then, so that early requests queue at gunicorn's socket instead of meeting

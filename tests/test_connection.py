@@ -1,5 +1,5 @@
 """service/connection.py on real loopback TCP sockets: telling a client that hung up from
-one that waits, and the upload clock that cuts a body read short."""
+one that waits."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from loopback import connected_pair
 from turns import hold_turn
 
 from supersizeme.service.admission import WAIT_SLICE_SECONDS, InferenceGate
-from supersizeme.service.connection import SOCKET_KEY, UploadClock, client_gone, client_watch
+from supersizeme.service.connection import SOCKET_KEY, client_gone, client_watch
 from supersizeme.service.tiling import ClientGone, Stop, never_gone
 
 
@@ -73,9 +73,6 @@ def test_a_connection_shared_by_http2_streams_is_left_alone(pair):
     client.close()
     time.sleep(0.1)
     assert client_watch(shared) is never_gone
-    with UploadClock(shared, 0.0) as clock:
-        time.sleep(0.1)
-    assert not clock.expired
 
 
 def test_the_gate_lets_a_waiter_go_when_its_socket_closes(pair):
@@ -89,37 +86,6 @@ def test_the_gate_lets_a_waiter_go_when_its_socket_closes(pair):
     assert time.monotonic() - started < 0.3 + WAIT_SLICE_SECONDS + 0.5
     release.set()
     holder.join()
-
-
-def test_the_upload_clock_ends_a_stalled_read_at_its_limit(pair):
-    client, server = pair
-    client.sendall(b"x" * 100)
-    started = time.monotonic()
-    with UploadClock(http1(server), 0.5) as clock:
-        received = b""
-        while chunk := server.recv(1000):  # ends only when the clock shuts the socket
-            received += chunk
-            assert time.monotonic() - started < 5
-    assert clock.expired and received == b"x" * 100
-    assert 0.5 <= time.monotonic() - started < 2
-    server.sendall(b"answer")  # the writing side is still open
-    assert client.recv(100) == b"answer"
-
-
-def test_the_upload_clock_leaves_a_socket_alone_once_reading_is_over(pair):
-    client, server = pair
-    client.sendall(b"body")
-    with UploadClock(http1(server), 0.2) as clock:
-        assert server.recv(100) == b"body"
-    time.sleep(0.4)
-    client.sendall(b"next request")
-    assert not clock.expired and server.recv(100) == b"next request"
-
-
-def test_without_a_socket_the_upload_clock_never_expires():
-    with UploadClock({}, 0.0) as clock:
-        time.sleep(0.05)
-    assert not clock.expired
 
 
 def http1(sock: socket.socket) -> dict:

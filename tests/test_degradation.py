@@ -206,3 +206,12 @@ def test_hr_lr_pair_is_the_cropped_image_and_its_bicubic_downscale(mode):
     expected = rgb[:24, :32].reshape(12, 2, 16, 2, 3).mean(axis=(1, 3))
     assert np.abs(lr.astype(float) - expected).mean() < 4  # a downscale of this very image
     np.testing.assert_array_equal(lr, np.asarray(bicubic_downscale(Image.fromarray(hr), 2)))
+
+
+def test_the_two_quality_bands_split_the_photo_range_between_them():
+    low, high = degradation.LOW_QUALITY_DEGRADATION, degradation.HIGH_QUALITY_DEGRADATION
+    assert low.qualities[0] == degradation.PHOTO_DEGRADATION.qualities[0]
+    assert low.qualities[1] + 1 == high.qualities[0]
+    assert high.qualities[1] == degradation.PHOTO_DEGRADATION.qualities[1]
+    assert degradation.DEGRADATIONS["jpeg-low"] is low
+    assert degradation.DEGRADATIONS["jpeg-high"] is high

@@ -24,11 +24,11 @@ pytestmark = pytest.mark.gunicorn  # every test talks to a real gunicorn
 
 @pytest.fixture(scope="module")
 def server(shipped_model_dir, shipped_photo_model_dir, tmp_path_factory):
-    """One gunicorn worker (so that its pid identifies it) serving the shipped models."""
+    """One gunicorn worker serving the shipped models."""
     log = tmp_path_factory.mktemp("gunicorn") / "server.log"
     photo = shipped_photo_model_dir
     with running_gunicorn(shipped_model_dir, log, photo_model_dir=photo) as running:
-        yield running.port, log
+        yield running
 
 
 def synthetic_photo() -> Image.Image:
@@ -52,7 +52,7 @@ def readme_curl_command() -> str:
 
 
 def test_health_and_readiness(server):
-    port, _ = server
+    port = server.port
     status, _, body = request(port, "GET", "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
     assert request(port, "GET", "/readyz")[0] == 200
@@ -60,7 +60,7 @@ def test_health_and_readiness(server):
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_readme_curl_example(server, tmp_path, fmt):
-    port, _ = server
+    port = server.port
     truth = synthetic_photo()
     photo = truth.resize((truth.width // 2, truth.height // 2), Image.Resampling.BICUBIC)
     photo.save(tmp_path / "in.png", fmt, quality=95)  # the README's file name for both
@@ -87,7 +87,7 @@ def test_readme_curl_example(server, tmp_path, fmt):
 def test_a_compressed_photo_is_served_by_the_photo_model_and_comes_out_closer(server):
     """A JPEG of quality 50 goes to the photo model by default, and its answer is nearer
     the truth than both bicubic of the same JPEG and the clean model's."""
-    port, _ = server
+    port = server.port
     truth = synthetic_photo()
     small = truth.resize((truth.width // 2, truth.height // 2), Image.Resampling.BICUBIC)
     upload = io.BytesIO()
@@ -109,7 +109,7 @@ def test_a_compressed_photo_is_served_by_the_photo_model_and_comes_out_closer(se
 
 
 def test_scale_4_as_webp_through_gunicorn(server):
-    port, _ = server
+    port = server.port
     photo = io.BytesIO()
     synthetic_photo().resize((60, 40), Image.Resampling.BICUBIC).save(photo, "PNG")
     status, headers, body = request(
@@ -124,7 +124,7 @@ def test_scale_4_as_webp_through_gunicorn(server):
 
 @pytest.mark.parametrize("framing", ["Transfer-Encoding: chunked", "X-Framing: content-length"])
 def test_upload_over_the_limit_gets_413(server, tmp_path, framing):
-    port, _ = server
+    port = server.port
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\xff\xd8\xff" + os.urandom(5 * 1024 * 1024 + 100))
     completed = subprocess.run(
@@ -174,8 +174,8 @@ def bad_uploads() -> list[tuple[bytes, int]]:
 
 
 def test_two_hundred_bad_uploads_leave_the_worker_alive(server):
-    port, log = server
-    pid = json.loads(request(port, "GET", "/healthz")[2])["pid"]
+    port, log = server.port, server.log
+    workers = server.worker_pids()
     uploads = bad_uploads()
     for i in range(200):
         upload, expected = uploads[i % len(uploads)]
@@ -183,7 +183,7 @@ def test_two_hundred_bad_uploads_leave_the_worker_alive(server):
         assert status == expected, (i, status, body)
         if status != 200:
             assert set(json.loads(body)) == {"error", "message", "request_id"}
-    assert json.loads(request(port, "GET", "/healthz")[2])["pid"] == pid
+    assert server.worker_pids() == workers
     assert "Traceback" not in Path(log).read_text()
 
 
@@ -214,7 +214,7 @@ def test_weights_that_do_not_fit_stop_gunicorn_with_a_clear_message(tiny_model_d
 
 @pytest.mark.parametrize("chunks", [b"100\r\n\x89PNG\r\n", b"zz\r\n\x89PNG\r\n"])
 def test_body_cut_short_or_misframed_is_a_client_error(server, chunks):
-    port, _ = server
+    port = server.port
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(
             b"POST /supersizeme/ HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"

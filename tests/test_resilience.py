@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from prometheus_text import parse_samples, value
 
-from benchmarks.gunicorn_server import request, running_gunicorn
+from benchmarks.gunicorn_server import Server, request, running_gunicorn
 from benchmarks.imagefactory import gradient, png
 
 pytestmark = pytest.mark.gunicorn  # gunicorn workers killed and restarted
@@ -207,13 +207,14 @@ def slow_worker(shipped_model_dir, tmp_path_factory):
         yield server
 
 
-def worker_pid(port: int) -> int:
-    return json.loads(request(port, "GET", "/healthz")[2])["pid"]
+def worker_pid(server: Server) -> int:
+    (pid,) = server.worker_pids()
+    return pid
 
 
 def test_a_request_past_its_deadline_gets_503_and_frees_the_worker(slow_worker):
     port = slow_worker.port
-    pid = worker_pid(port)
+    pid = worker_pid(slow_worker)
     # Four times the deadline's worth of inference, by the worker's own speed.
     width, height = size_taking(port, 4 * DEADLINE)
     started = time.monotonic()
@@ -228,7 +229,7 @@ def test_a_request_past_its_deadline_gets_503_and_frees_the_worker(slow_worker):
 
     status, headers, body = request(port, "POST", UPSCALE, picture(48, 32))
     assert status == 200 and Image.open(BytesIO(body)).size == (96, 64)
-    assert worker_pid(port) == pid
+    assert worker_pid(slow_worker) == pid
     lines = {line["request_id"]: line for line in request_lines(slow_worker.log_text())}
     late, small = lines[late_headers["X-Request-ID"]], lines[headers["X-Request-ID"]]
     assert (late["status"], late["error"], late["pid"]) == (503, "deadline_exceeded", pid)
@@ -238,7 +239,7 @@ def test_a_request_past_its_deadline_gets_503_and_frees_the_worker(slow_worker):
 
 def test_a_flood_gets_429s_while_health_checks_still_answer(slow_worker):
     port = slow_worker.port
-    pid = worker_pid(port)
+    pid = worker_pid(slow_worker)
     upload = picture(*size_taking(port, 1.0))  # seconds per image on one stream
     flood = 12
     start = threading.Barrier(flood + 1)
@@ -271,7 +272,7 @@ def test_a_flood_gets_429s_while_health_checks_still_answer(slow_worker):
     assert all(headers.get("Retry-After") for status, headers, _ in answers if status != 200)
     assert health == 200
     assert health_answered < max(done for status, _, done in answers if status != 429)
-    assert worker_pid(port) == pid
+    assert worker_pid(slow_worker) == pid
     assert "Traceback" not in slow_worker.log_text()
 
 

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 from prometheus_text import parse_samples, value
 
-from benchmarks.gunicorn_server import request, running_gunicorn
+from benchmarks.gunicorn_server import Server, request, running_gunicorn
 from benchmarks.imagefactory import gradient, png
 from supersizeme.service.admission import WAIT_SLICE_SECONDS
 from supersizeme.service.tiling import tile_spans
@@ -64,8 +64,9 @@ def request_lines(log_text: str) -> dict[str, dict]:
     return {line["request_id"]: line for line in lines}
 
 
-def worker_pid(port: int) -> int:
-    return json.loads(request(port, "GET", "/healthz")[2])["pid"]
+def worker_pid(server: Server) -> int:
+    (pid,) = server.worker_pids()
+    return pid
 
 
 def scrape(port: int) -> dict:
@@ -137,7 +138,7 @@ def send_and_hang_up(port: int, body: bytes, request_id: str, after: float) -> N
 def test_clients_that_hang_up_free_the_worker_within_a_tile(shipped_worker):
     port = shipped_worker.port
     wait_until_idle(port)
-    pid = worker_pid(port)
+    pid = worker_pid(shipped_worker)
     tile = seconds_per_tile(port)
     # Uploads of dozens of tiles each (five times the hang-up's worth on one stream), one
     # more than the room holds, hung up on after two seconds (time for every one to be read
@@ -178,7 +179,7 @@ def test_clients_that_hang_up_free_the_worker_within_a_tile(shipped_worker):
             assert line["total_s"] < HANG_UP + 2 * tile + 1, (line, tile)
     closed = value(scrape(port), "ssm_rejected_requests_total", reason="client_closed_request")
     assert closed >= count - 1
-    assert worker_pid(port) == pid
+    assert worker_pid(shipped_worker) == pid
     assert "Traceback" not in shipped_worker.log_text()
 
 
@@ -281,7 +282,7 @@ def trickle(sock: socket.socket, pieces: list[bytes], until: float) -> None:
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_an_upload_slower_than_its_limit_gets_408(short_upload_limit, chunked):
     server, port = short_upload_limit, short_upload_limit.port
-    pid = worker_pid(port)
+    pid = worker_pid(server)
     body = noise(100, 100)  # about 30 KB: a minute at this pace
     pieces = [body[offset : offset + 100] for offset in range(0, len(body), 100)]
     if chunked:
@@ -306,5 +307,5 @@ def test_an_upload_slower_than_its_limit_gets_408(short_upload_limit, chunked):
     assert (line["status"], line["error"]) == (408, "upload_timeout")
     # The worker goes on serving.
     status, _, _ = request(port, "POST", UPSCALE, picture(48, 32))
-    assert status == 200 and worker_pid(port) == pid
+    assert status == 200 and worker_pid(server) == pid
     assert "Traceback" not in server.log_text()

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from types import SimpleNamespace
 
 import pytest
+from gunicorn.config import Config
 from gunicorn.http import errors
+from gunicorn.http.message import Request
+from gunicorn.http.parser import RequestParser
 from gunicorn.http.unreader import SocketUnreader
 
+from supersizeme.service.errors import UploadTimedOut
 from supersizeme.service.worker import (
     BudgetedUnreader,
     RequestReadTimeout,
+    drain_body,
     json_refusal,
     refusal_status,
     request_id_of,
@@ -76,3 +82,61 @@ def test_a_header_read_past_its_budget_times_out():
         assert time.monotonic() - started < 1
         assert connection.timed_out
         assert far.gettimeout() is None  # the socket's own timeout is given back
+
+
+def test_a_body_read_past_its_deadline_raises_upload_timed_out_at_the_deadline():
+    near, far = socket.socketpair()
+    with near, far:
+        near.sendall(b"part of a body")
+        connection = SimpleNamespace(
+            read_deadline=None, timed_out=False, body_deadline=time.monotonic() + 0.3
+        )
+        reader = BudgetedUnreader(connection, SocketUnreader(far))
+        assert reader.chunk() == b"part of a body"
+        started = time.monotonic()
+        with pytest.raises(UploadTimedOut):
+            reader.chunk()
+        assert time.monotonic() - started < 1
+        assert not connection.timed_out  # the headers were in time: no 408 of the worker's
+        assert far.gettimeout() is None
+        # The socket was never shut: the peer can still send, and read an answer.
+        near.sendall(b"more")
+        far.sendall(b"answer")
+        assert near.recv(100) == b"answer"
+
+
+def parsed_request(sock: socket.socket) -> Request:
+    """The next request on ``sock`` as gunicorn parses it, its body not yet read."""
+    return next(RequestParser(Config(), sock, ("127.0.0.1", 1)))
+
+
+@pytest.mark.parametrize("declared", [200_000, None])
+def test_an_unread_body_is_drained_whole_up_to_the_limit(declared):
+    near, far = socket.socketpair()
+    with near, far:
+        body = b"b" * 200_000
+        framing = (
+            f"Content-Length: {declared}\r\n".encode()
+            if declared
+            else b"Transfer-Encoding: chunked\r\n"
+        )
+        near.sendall(b"POST /supersizeme/ HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n")
+        sent = body if declared else b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        sender = threading.Thread(target=near.sendall, args=(sent,))
+        sender.start()
+        req = parsed_request(far)
+        drain_body(req, max_bytes=300_000)
+        sender.join(5)
+        assert not sender.is_alive()
+        far.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            far.recv(1)  # nothing of the body is left unread
+
+
+def test_a_body_declared_over_the_limit_is_not_drained():
+    near, far = socket.socketpair()
+    with near, far:
+        near.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000)
+        req = parsed_request(far)
+        drain_body(req, max_bytes=100)
+        assert req.body.read() == b"x" * 1000  # all still there: the drain read nothing

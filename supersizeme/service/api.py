@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 import time
 import uuid
@@ -22,8 +21,8 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from supersizeme.service.admission import InferenceGate, Overloaded
 from supersizeme.service.capacity import MemoryClaim, MemoryFull
-from supersizeme.service.connection import UploadClock, client_watch
-from supersizeme.service.errors import Refused
+from supersizeme.service.connection import client_watch
+from supersizeme.service.errors import Refused, UploadTimedOut
 from supersizeme.service.images import FORMATS, OUTPUT_FORMATS, Limits
 from supersizeme.service.pipeline import SCALES, Output, Timings, decode_for, upscale_decoded
 from supersizeme.service.routing import CLEAN, MODEL_CHOICES, route, routed_formats
@@ -235,21 +234,14 @@ def refuse_declared_oversize() -> None:
 def read_upload() -> bytes:
     """The image bytes of a raw body or of a multipart form's single file field.
 
-    The whole body must arrive within SSM_UPLOAD_SECONDS, else 408: the upload's time is
-    the client's connection, not the server's work, and the request deadline starts after.
+    The whole body must arrive within SSM_UPLOAD_SECONDS of the headers, else 408: the
+    upload's time is the client's connection, not the server's work, and the request
+    deadline starts after. The server's reader keeps the time (supersizeme/service/worker.py).
     """
-    with UploadClock(request.environ, current_app.config["UPLOAD_SECONDS"]) as clock:
-        try:
-            data = read_body()
-        except Exception:
-            # A body cut off by the clock makes the readers fail in their own ways (a short
-            # body, broken chunked framing, a form without its end): the time is the cause.
-            if clock.expired:
-                raise upload_timeout() from None
-            raise
-    if clock.expired:
-        raise upload_timeout()
-    return data
+    try:
+        return read_body()
+    except UploadTimedOut:
+        raise upload_timeout() from None
 
 
 def read_body() -> bytes:
@@ -275,7 +267,7 @@ def read_body() -> bytes:
                 raise incomplete_body(f"{len(data):,} of {declared:,} bytes arrived")
     except ClientDisconnected as exc:
         raise incomplete_body(repr(exc)) from None
-    except (Refused, HTTPException):
+    except (Refused, HTTPException, UploadTimedOut):
         raise
     except Exception as exc:
         # gunicorn's body reader raises OSError or its own ParseException when the client
@@ -518,8 +510,7 @@ def demo_page() -> ResponseReturnValue:
 
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
-    # The pid lets a caller (and the end-to-end test) tell whether a worker was replaced.
-    return jsonify(status="ok", pid=os.getpid())
+    return jsonify(status="ok")
 
 
 @bp.get("/openapi.json")

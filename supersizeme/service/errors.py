@@ -34,3 +34,12 @@ class Refused(Exception):
         self.message = message
         self.retry_after = retry_after
         self.extra = extra
+
+
+class UploadTimedOut(Exception):
+    """A request body did not arrive within the upload time limit (``SSM_UPLOAD_SECONDS``).
+
+    Raised by the server's body reader (supersizeme/service/worker.py), which counts the
+    limit from the end of the request's headers. Not an OSError, so that no reader on the
+    way (Werkzeug's) takes it for a client that hung up.
+    """

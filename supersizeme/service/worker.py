@@ -5,10 +5,13 @@ Header budget. gthread reads a request's line and headers with blocking reads in
 the worker's few request threads, without a time limit, so a client that trickles them
 holds a thread as long as it likes. Here they must arrive within
 ``SSM_HEADER_TIMEOUT_SECONDS`` of a thread taking the connection, else the answer is 408 and
-the connection closes. (The body's time limit is the app's: ``SSM_UPLOAD_SECONDS``,
-supersizeme/service/connection.py.) A slow client can still hold a thread, but not for ever; the
-front (front/nginx.conf) keeps such clients away from gunicorn altogether, and these limits
-are what is left where gunicorn is reached without it.
+the connection closes. The body must then arrive within ``SSM_UPLOAD_SECONDS`` in all: each
+read waits only for what is left of that time, and one past it raises UploadTimedOut into the
+app, which answers 408 ``upload_timeout``. A slow client can still hold a thread, but not for
+ever. The front (front/nginx.conf) keeps slow headers away from gunicorn altogether and
+passes bodies on as they arrive, so that this limit ends them there too; nothing here ever
+shuts the socket early, which would fail the front's next write and turn the answer into its
+502.
 
 Refusals. gunicorn answers a request it cannot parse with an HTML page; here the answer is
 the service's JSON error, with the same status.
@@ -16,6 +19,13 @@ the service's JSON error, with the same status.
 ``max_requests``. gthread counts every request, so health probes and scrapes alone (a
 Kubernetes pod gets about twenty a minute) would recycle a worker, and reload its model,
 within the hour; here only uploads count, the work whose slow growth recycling bounds.
+
+Unread bodies. An answer may come before its body was read (a full worker's 429, a 503 while
+the model loads): then the rest of the body is read and dropped before the connection closes,
+up to the largest body the service takes and within the app's upload limit. gthread's own
+close reads 64 KiB at most; closing on more unread bytes makes the kernel reset the
+connection, and a peer still sending (the front above all) loses the answer with it: a 502
+instead of the refusal.
 
 Stopping. A stopping gthread worker stops accepting but keeps its copy of the listening
 socket open until its last request is answered. When the whole server is stopping, the
@@ -36,6 +46,7 @@ import re
 import socket
 import time
 import uuid
+from contextlib import suppress
 from http import HTTPStatus
 from typing import Any
 
@@ -46,6 +57,7 @@ from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from supersizeme.service import config as settings
+from supersizeme.service.errors import UploadTimedOut
 
 # The upload endpoint, with and without its trailing slash (the app takes both).
 UPLOAD_PATHS = frozenset({"/supersizeme/", "/supersizeme"})
@@ -86,10 +98,11 @@ class RequestReadTimeout(Exception):
 
 class BudgetedConnection(TConn):
     """gthread's connection, with the deadline its request line and headers must meet (None
-    once they are in), and whether they missed it."""
+    once they are in), whether they missed it, and the deadline of its request's body."""
 
     read_deadline: float | None = None
     timed_out = False
+    body_deadline: float | None = None
 
     def init(self) -> None:
         super().init()
@@ -109,7 +122,8 @@ class BudgetedUnreader(SocketUnreader):
         self.connection = connection
 
     def chunk(self, size_hint: int | None = None) -> bytes:
-        deadline = self.connection.read_deadline
+        headers_by = self.connection.read_deadline
+        deadline = headers_by if headers_by is not None else self.connection.body_deadline
         if deadline is None:
             return super().chunk(size_hint)
         remaining = deadline - time.monotonic()
@@ -120,6 +134,8 @@ class BudgetedUnreader(SocketUnreader):
             self.sock.settimeout(remaining)
             return super().chunk(size_hint)
         except TimeoutError:
+            if headers_by is None:
+                raise UploadTimedOut from None
             self.connection.timed_out = True
             raise RequestReadTimeout from None
         finally:
@@ -169,15 +185,39 @@ def json_refusal(status: int, request_id: str) -> bytes:
         "X-Content-Type-Options: nosniff\r\n"
         "X-Frame-Options: DENY\r\n"
         "Cache-Control: no-store\r\n"
+        "Content-Security-Policy: default-src 'none'; frame-ancestors 'none'; base-uri 'none'\r\n"
         f"X-Request-ID: {request_id}\r\n\r\n"
     )
     return head.encode("latin-1") + body
+
+
+def declared_length(req: Request) -> int | None:
+    for name, value in req.headers:
+        if name == "CONTENT-LENGTH":
+            return int(value)  # gunicorn has checked that it is a number
+    return None
+
+
+def drain_body(req: Request, max_bytes: int) -> None:
+    """Read and drop what is left of ``req``'s body, at most ``max_bytes`` (none if more is
+    declared); the body's deadline bounds the time."""
+    length = declared_length(req)
+    if length is not None and length > max_bytes:
+        return
+    drained = 0
+    # The client gone, its chunked framing broken or its time up: nothing left to keep.
+    with suppress(OSError, errors.ParseException, UploadTimedOut):
+        while drained <= max_bytes and (chunk := req.body.read(65536)):
+            drained += len(chunk)
 
 
 class StoppingThreadWorker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout_seconds()
+        service = settings.from_environment()
+        self.upload_seconds = float(service["UPLOAD_SECONDS"])
+        self.max_body_bytes = service["MAX_BODY_BYTES"] + settings.MULTIPART_OVERHEAD_BYTES
 
     def accept(self, listener: socket.socket) -> None:
         # gthread's accept, making a BudgetedConnection instead of a TConn.
@@ -209,13 +249,22 @@ class StoppingThreadWorker(ThreadWorker):
         return keepalive
 
     def handle_request(self, req: Request, conn: BudgetedConnection) -> bool:
-        # The line and headers are in: the body's time limit is the app's.
+        # The line and headers are in: the body's time limit starts.
         conn.read_deadline = None
+        conn.body_deadline = time.monotonic() + self.upload_seconds
         if not (req.method == "POST" and req.path in UPLOAD_PATHS):
             # gthread adds one to nr for every request and recycles the worker when it
             # reaches max_requests; taking one off first leaves this request uncounted.
             self.nr -= 1
-        return super().handle_request(req, conn)
+        try:
+            keepalive = super().handle_request(req, conn)
+            if not keepalive:
+                # A connection kept alive has its body read by gthread's parser, before
+                # the next request's.
+                drain_body(req, self.max_body_bytes)
+        finally:
+            conn.body_deadline = None
+        return keepalive
 
     def handle_error(
         self, req: Request | None, client: socket.socket, addr: Any, exc: BaseException

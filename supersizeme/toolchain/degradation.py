@@ -103,8 +103,18 @@ class JpegDegradation:
 
 
 # The degradations a training run can name (``--degradation``), applied after the downscale.
+# ``jpeg`` spans every quality a photo arrives in; ``jpeg-high`` and ``jpeg-low`` split it
+# in two bands: one model for all of it smooths the light artefacts of high qualities as
+# hard as the heavy blocking of low ones.
 PHOTO_DEGRADATION = JpegDegradation()
-DEGRADATIONS: dict[str, Degrade | None] = {"bicubic": None, "jpeg": PHOTO_DEGRADATION}
+HIGH_QUALITY_DEGRADATION = JpegDegradation(qualities=(75, 95))
+LOW_QUALITY_DEGRADATION = JpegDegradation(qualities=(30, 74))
+DEGRADATIONS: dict[str, Degrade | None] = {
+    "bicubic": None,
+    "jpeg": PHOTO_DEGRADATION,
+    "jpeg-high": HIGH_QUALITY_DEGRADATION,
+    "jpeg-low": LOW_QUALITY_DEGRADATION,
+}
 
 # The fixed JPEG qualities (4:2:0, Pillow's default) of a training run's validation read-out.
 VALIDATION_QUALITIES = (90, 75, 50)
