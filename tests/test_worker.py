@@ -69,36 +69,31 @@ def test_the_callers_request_id_is_kept_only_when_it_is_a_short_token():
     assert len(request_id_of(None)) == 32
 
 
-def test_a_header_read_past_its_budget_times_out():
+@pytest.mark.parametrize(
+    ("headers_in", "sent", "raised"),
+    [(False, b"GET / HT", RequestReadTimeout), (True, b"part of a body", UploadTimedOut)],
+    ids=["headers", "body"],
+)
+def test_a_read_past_its_deadline_ends_at_the_deadline(headers_in, sent, raised):
+    """Headers past their budget are the worker's 408; a body past the upload limit is
+    the app's, told by UploadTimedOut."""
     near, far = socket.socketpair()
     with near, far:
-        near.sendall(b"GET / HT")  # and then nothing more
-        connection = SimpleNamespace(read_deadline=time.monotonic() + 0.3, timed_out=False)
-        reader = BudgetedUnreader(connection, SocketUnreader(far))
-        assert reader.chunk() == b"GET / HT"
-        started = time.monotonic()
-        with pytest.raises(RequestReadTimeout):
-            reader.chunk()
-        assert time.monotonic() - started < 1
-        assert connection.timed_out
-        assert far.gettimeout() is None  # the socket's own timeout is given back
-
-
-def test_a_body_read_past_its_deadline_raises_upload_timed_out_at_the_deadline():
-    near, far = socket.socketpair()
-    with near, far:
-        near.sendall(b"part of a body")
+        near.sendall(sent)  # and then nothing more
+        deadline = time.monotonic() + 0.3
         connection = SimpleNamespace(
-            read_deadline=None, timed_out=False, body_deadline=time.monotonic() + 0.3
+            read_deadline=None if headers_in else deadline,
+            body_deadline=deadline if headers_in else None,
+            timed_out=False,
         )
         reader = BudgetedUnreader(connection, SocketUnreader(far))
-        assert reader.chunk() == b"part of a body"
+        assert reader.chunk() == sent
         started = time.monotonic()
-        with pytest.raises(UploadTimedOut):
+        with pytest.raises(raised):
             reader.chunk()
         assert time.monotonic() - started < 1
-        assert not connection.timed_out  # the headers were in time: no 408 of the worker's
-        assert far.gettimeout() is None
+        assert connection.timed_out is not headers_in
+        assert far.gettimeout() is None  # the socket's own timeout is given back
         # The socket was never shut: the peer can still send, and read an answer.
         near.sendall(b"more")
         far.sendall(b"answer")
