@@ -83,9 +83,9 @@ def running_gunicorn(
         yield server
 
 
-def front_command() -> list[str]:
+def front_command(python: str = sys.executable) -> list[str]:
     """The launcher `make serve` and the Docker image run: nginx in front of gunicorn."""
-    return [sys.executable, "-m", "front.serve"]
+    return [python, "-m", "front.serve"]
 
 
 @contextmanager
@@ -95,6 +95,7 @@ def running_front(
     workers: int = 1,
     env: dict[str, str] | None = None,
     photo_model_dir: Path | None = None,
+    python: str = sys.executable,
 ) -> Iterator[Server]:
     """The service as `make serve` starts it (nginx on a free loopback port, gunicorn on a
     unix socket behind it), yielded once /readyz through nginx says 200; SIGTERM and wait
@@ -105,7 +106,7 @@ def running_front(
     other user may enter."""
     env = {"SSM_USER": "root", **(env or {})}
     with running(
-        front_command(), "the front", (model_dir, photo_model_dir), log, workers, env
+        front_command(python), "the front", (model_dir, photo_model_dir), log, workers, env
     ) as server:
         yield server
 

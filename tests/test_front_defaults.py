@@ -12,9 +12,13 @@ import http.client
 import io
 import json
 import os
-import pwd
 import select
+import shutil
 import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -26,11 +30,11 @@ import pytest
 from PIL import Image, PngImagePlugin
 from test_front import assert_json_error, nginx_or_skip, parse_answer, request_lines
 
-from benchmarks.gunicorn_server import Server, running_front
+from benchmarks.gunicorn_server import front_command, running_front
 from benchmarks.imagefactory import gradient, png
 from front.serve import Account, FrontSettings, served_paths
 from supersizeme.service.api import DEMO_PAGE_POLICY
-from supersizeme.service.config import from_environment
+from supersizeme.service.config import REPO_ROOT, from_environment
 
 UPSCALE = "/supersizeme/"
 TRICKLER, UPLOADER = "127.0.0.2", "127.0.0.3"
@@ -369,17 +373,62 @@ def command_of(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
-def test_started_as_root_gunicorn_and_nginxs_workers_run_unprivileged(served: Server):
+def interpreter_for(account: Account) -> tuple[str, dict[str, str]] | None:
+    """A Python the service's user can run, with what this one imports on its path: this
+    one if it can read it, else the system's of the same version (one under /root, as
+    pyenv installs it, is out of its reach)."""
+    if not account.cannot_read([Path(sys.executable)]):
+        return sys.executable, {}
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if not system.exists() or account.cannot_read([system]):
+        return None
+    packages = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    return str(system), {"PYTHONPATH": os.pathsep.join([*sorted(packages), str(REPO_ROOT)])}
+
+
+def test_started_as_root_gunicorn_and_nginxs_workers_run_unprivileged(tiny_model_dir, tmp_path):
+    nginx_or_skip()
     if os.geteuid() != 0:
         pytest.skip("started unprivileged: there is nothing to drop")
-    user = service_user()
-    if user == "root":
-        account = Account.for_service()
-        unreadable = account.cannot_read(served_paths())
-        pytest.skip(f"{account.name} cannot read {unreadable}: the service would not start")
-    uid = pwd.getpwnam(user).pw_uid
-    processes = {pid: command_of(pid) for pid in process_tree(served.process.pid)[1:]}
-    gunicorns = [pid for pid, command in processes.items() if "gunicorn" in command]
-    nginx_workers = [pid for pid, command in processes.items() if "nginx: worker" in command]
-    assert len(gunicorns) >= 2 and nginx_workers, processes  # a master and its worker
-    assert {uid_of(pid) for pid in gunicorns + nginx_workers} == {uid}
+    account = Account.for_service()
+    found = interpreter_for(account)
+    if found is None:
+        pytest.skip(f"{account.name} can run no Python here")
+    python, env = found
+    # A model folder the service's user may enter (pytest's own directory is root's alone).
+    shared = Path(tempfile.mkdtemp(prefix="ssm-drop-"))
+    try:
+        model = shutil.copytree(tiny_model_dir, shared / tiny_model_dir.name)
+        for path in [shared, model, *model.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        env = {**env, "SSM_USER": account.name}
+        log = tmp_path / "server.log"
+        with running_front(model, log, env=env, python=python) as server:
+            assert post(server.port, picture(48, 32))[0] == 200
+            processes = {
+                pid: (command_of(pid), uid_of(pid))
+                for pid in process_tree(server.process.pid)[1:]
+            }
+    finally:
+        shutil.rmtree(shared)
+    gunicorns = [uid for command, uid in processes.values() if "gunicorn" in command]
+    workers = [uid for command, uid in processes.values() if "nginx: worker" in command]
+    masters = [uid for command, uid in processes.values() if "nginx: master" in command]
+    assert len(gunicorns) == 2 and workers, processes  # gunicorn's master and its worker
+    assert set(gunicorns + workers) == {account.uid}
+    assert masters == [0]  # nginx's master, as always, which only reads its configuration
+
+
+def test_started_as_root_it_refuses_a_user_who_cannot_read_what_it_serves(tmp_path):
+    nginx_or_skip()
+    if os.geteuid() != 0:
+        pytest.skip("started unprivileged: there is nothing to drop")
+    hidden = tmp_path / "model"  # under pytest's directory, which only root may enter
+    hidden.mkdir()
+    environment = {**os.environ, "SSM_USER": "nobody", "SSM_MODEL_DIR": str(hidden)}
+    started = subprocess.run(
+        front_command(), cwd=REPO_ROOT, env=environment, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert started.returncode == 2
+    assert "runs as nobody, who cannot read" in started.stderr and str(hidden) in started.stderr
