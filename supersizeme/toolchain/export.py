@@ -24,7 +24,7 @@ from typing import Any
 
 from supersizeme.machine import cpu_count, cpu_flags, hardware, native_bfloat16
 from supersizeme.modelspec import ModelFolder, RDNParams, write_spec
-from supersizeme.toolchain.degradation import PHOTO_DEGRADATION as JPEG
+from supersizeme.toolchain.degradation import DEGRADATIONS, JpegDegradation
 from supersizeme.toolchain.evaluate import (
     BICUBIC,
     PNG,
@@ -158,18 +158,31 @@ _KINDS = {
         "remove\n  JPEG blocking, sensor noise, motion or focus blur; on such input it tends "
         "to sharpen\n  the artefacts along with the edges.",
     ),
-    "jpeg": _Kind(
+}
+
+
+def _jpeg_kind(degradation: JpegDegradation) -> _Kind:
+    low, high = degradation.qualities
+    return _Kind(
         ", saved as a baseline JPEG\n"
-        f"of a quality drawn from {JPEG.qualities[0]} to {JPEG.qualities[1]}, in "
-        + " or ".join(f"{name} ({weight:g})" for name, weight in JPEG.subsamplings)
+        f"of a quality drawn from {low} to {high}, in "
+        + " or ".join(f"{name} ({weight:g})" for name, weight in degradation.subsamplings)
         + " chroma (supersizeme.toolchain.degradation.JpegDegradation).",
         "JPEG-compressed photographs (camera files, pictures from the web and messengers)",
-        "It learned bicubic downscaling followed by JPEG compression at qualities "
-        f"{JPEG.qualities[0]}-{JPEG.qualities[1]}.\n  It smooths the blocks and ringing away, "
-        "and with them some fine texture: on clean\n  (PNG) input the clean model is sharper "
-        "(the PNG row below). It does not remove sensor\n  noise, motion or focus blur.",
-    ),
-}
+        f"It learned bicubic downscaling followed by JPEG compression at qualities {low}-{high}."
+        "\n  It smooths the blocks and ringing away, and with them some fine texture: on clean"
+        "\n  (PNG) input the clean model is sharper (the PNG row below). It does not remove "
+        "sensor\n  noise, motion or focus blur.",
+    )
+
+
+_KINDS.update(
+    {
+        name: _jpeg_kind(degradation)
+        for name, degradation in DEGRADATIONS.items()
+        if isinstance(degradation, JpegDegradation)
+    }
+)
 
 
 def jpeg_section(spec: dict[str, Any]) -> str:
