@@ -2,18 +2,19 @@
 #   make serve   create .venv, install the pinned requirements and nginx, serve on port 8000
 #   make test    the same install plus the test tools, then lint and the whole suite
 #   make test-fast   the unit and API tests only, in under a minute (no lint, no servers)
+#   make test-container   builds the serving image and runs it with podman (CI runs it too)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install install-dev nginx serve test test-fast lint browser clean gpu-bundle
+.PHONY: install install-dev nginx serve test test-fast test-container podman lint browser clean gpu-bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.runtime: requirements.txt requirements-isr.txt | $(BIN)/python
+$(VENV)/.runtime: requirements.txt requirements-serve.txt requirements-isr.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-isr.txt
 	touch $@
@@ -53,7 +54,24 @@ browser:
 	fi
 
 test: lint browser nginx
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not container"
+
+# The container test (tests/test_container.py): Debian's podman with runc and debootstrap
+# (for a stand-in base image where the official one cannot be pulled), installed only when
+# missing and only with apt-get as root, like Chromium above.
+podman:
+	@if ! command -v podman >/dev/null || ! command -v runc >/dev/null \
+	    || ! command -v debootstrap >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq podman runc debootstrap >/dev/null; \
+	  else \
+	    echo "make test-container needs podman, runc and debootstrap" >&2; exit 1; \
+	  fi; \
+	fi
+
+test-container: install-dev podman
+	$(BIN)/python -m pytest -q -s -m container tests/test_container.py
 
 # The edit-test loop: every unit and API test, in-process, without gunicorn, nginx, Chromium,
 # training or seconds-long model runs (the markers are declared in pyproject.toml), on every

@@ -319,9 +319,19 @@ def serve() -> int:
     supervisor = Supervisor()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, supervisor.on_signal)
-    with tempfile.TemporaryDirectory(
-        prefix="supersizeme-front-", dir=front.temp_dir, ignore_cleanup_errors=True
-    ) as work:
+    try:
+        scratch = tempfile.TemporaryDirectory(
+            prefix="supersizeme-front-", dir=front.temp_dir, ignore_cleanup_errors=True
+        )
+    except OSError as exc:
+        # A read-only root file system without a writable /tmp (docker run --read-only).
+        print(
+            f"front: no writable temporary folder ({exc}); mount one at /tmp "
+            "(docker run --tmpfs /tmp) or set SSM_FRONT_TEMP_DIR to a writable folder",
+            file=sys.stderr,
+        )
+        return 2
+    with scratch as work:
         workdir = Path(work)
         if account is not None:
             # nginx's workers write their buffers here, gunicorn makes its socket here.

@@ -1,7 +1,9 @@
-"""The Dockerfile, checked without a Docker engine: hadolint, and the same install as make."""
+"""The Dockerfile, checked without a container engine: hadolint, its stages, and the same
+install as make (tests/test_container.py builds and runs it)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +29,26 @@ def test_hadolint_would_catch_a_mistake(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN apt-get install curl\n")
     assert subprocess.run([hadolint(), str(bad)], capture_output=True).returncode != 0
+
+
+def stages() -> dict[str, str]:
+    """The Dockerfile's build stages by name, in order, each with its instructions."""
+    found: dict[str, str] = {}
+    for block in re.split(r"^(?=FROM )", DOCKERFILE.read_text(), flags=re.MULTILINE)[1:]:
+        found[block.split("\n", 1)[0].split(" AS ")[1].strip()] = block
+    return found
+
+
+def test_the_default_target_serves_without_the_toolchain():
+    found = stages()
+    assert list(found) == ["base", "toolchain", "serve"]  # the last stage is the default
+    base, toolchain, serve = found.values()
+    assert "pip install -r requirements-serve.txt" in base
+    assert "requirements.txt" not in base + serve
+    assert "-r requirements-serve.txt" in (REPO_ROOT / "requirements.txt").read_text()
+    assert 'CMD ["python", "-m", "front.healthcheck"]' in serve
+    assert 'VOLUME ["/tmp"]' in serve
+    assert "USER 10001" in serve and "USER 10001" in toolchain
 
 
 def test_installs_and_serves_like_the_makefile_and_runs_unprivileged():

@@ -27,10 +27,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks.gunicorn_server import request, running_front, running_gunicorn, worker_pids
+from benchmarks.gunicorn_server import (
+    front_command,
+    request,
+    running_front,
+    running_gunicorn,
+    worker_pids,
+)
 from benchmarks.imagefactory import gradient, png
 from front.serve import TEMPLATE, FrontSettings, find_nginx, nginx_config
-from supersizeme.service.config import MAX_BODY_BYTES, MULTIPART_OVERHEAD_BYTES
+from supersizeme.service.config import MAX_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, REPO_ROOT
 
 UPSCALE = "/supersizeme/"
 HEADER_TRICKLERS, BODY_TRICKLERS = 24, 8
@@ -495,3 +501,14 @@ def test_when_gunicorn_dies_nginx_is_stopped_and_the_launcher_fails(tiny_model_d
         assert server.process.wait(timeout=60) != 0
     assert gone(children["nginx"])
     assert "front: gunicorn exited" in server.log_text()
+
+
+def test_without_a_writable_temporary_folder_the_launcher_says_what_to_mount(tmp_path):
+    nginx_or_skip()
+    env = {**os.environ, "SSM_FRONT_TEMP_DIR": str(tmp_path / "missing"), "SSM_USER": "root"}
+    completed = subprocess.run(
+        front_command(), env=env, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+    )
+    assert completed.returncode == 2
+    (line,) = completed.stderr.splitlines()
+    assert line.startswith("front: no writable temporary folder") and "mount one at /tmp" in line

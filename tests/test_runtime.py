@@ -3,6 +3,7 @@ the machine, and the pixel cap in force served end to end."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import subprocess
@@ -18,7 +19,12 @@ from benchmarks.imagefactory import gradient, png
 from supersizeme.machine import cpu_flags, native_bfloat16
 from supersizeme.modelspec import ModelFolder, write_spec
 from supersizeme.service.config import REPO_ROOT
-from supersizeme.service.runtime import BFLOAT16_MAX_LOSS_DB, choose_precision, stream_count
+from supersizeme.service.runtime import (
+    BFLOAT16_MAX_LOSS_DB,
+    choose_precision,
+    load_network,
+    stream_count,
+)
 from supersizeme.toolchain.evaluate import image_files, load_pair, load_served, run_png
 from supersizeme.toolchain.quality import y_psnr_ssim
 
@@ -173,6 +179,20 @@ def test_the_served_runtime_does_not_import_tensorflow(tiny_model_dir):
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_tensorflow_runtime_without_tensorflow_says_where_it_comes_from(
+    tiny_model_dir, monkeypatch
+):
+    """The serving install (requirements-serve.txt) has no TensorFlow."""
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object):
+        return None if name == "tensorflow" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(ModuleNotFoundError, match=r"model toolchain installs \(requirements.txt\)"):
+        load_network(ModelFolder.open(tiny_model_dir), "tensorflow", "float32", 1)
 
 
 FRESH_PROCESSES = 20

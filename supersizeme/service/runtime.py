@@ -14,6 +14,7 @@ tiles run at once as there are streams (benchmarks/runtime.md compares the layou
 
 from __future__ import annotations
 
+import importlib.util
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -228,6 +229,12 @@ def _check_architecture(model: Any, folder: ModelFolder) -> None:
 
 
 def _tensorflow(folder: ModelFolder, precision: str, threads: int) -> LoadedNetwork:
+    # The serving install (requirements-serve.txt, the container image) has no TensorFlow.
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ModuleNotFoundError(
+            "the tensorflow runtime needs TensorFlow, which the model toolchain installs "
+            "(requirements.txt); SSM_RUNTIME=openvino serves without it"
+        )
     from supersizeme.rdn import compile_network, configure_threads, load_rdn
 
     configure_threads(threads)
