@@ -78,7 +78,7 @@ test-container: install-dev podman
 # core (pytest-xdist). The PyTorch modules, all marked training, are not even collected:
 # importing torch alone takes seconds. `make test` runs everything and is what CI runs.
 test-fast: install-dev
-	$(BIN)/python -m pytest -q -n auto -m "not (gunicorn or browser or training or slow)" \
+	$(BIN)/python -m pytest -q -n auto -m "not (gunicorn or browser or training or slow or container)" \
 	  --ignore=tests/test_torch_rdn.py --ignore=tests/test_train_torch.py
 
 # What gpu/run.sh needs on a GPU machine that has PyTorch but not the data (see docs/model.md
@@ -92,7 +92,8 @@ gpu-bundle: install
 	cp -r $(DATASETS)/train .gpu-data/train
 	cp -r $(DATASETS)/benchmark/set5 .gpu-data/set5
 	cp models/rdn-C3-D6-G32-G032-x2/training-checkpoint.npz .gpu-data/init.npz
-	cp models/rdn-C3-D6-G32-G032-x2-jpeg/training-checkpoint.npz .gpu-data/init-photo.npz
+	cp models/rdn-C3-D6-G32-G032-x2-jpeg-high/training-checkpoint.npz .gpu-data/init-photo.npz
+	cp models/rdn-C3-D6-G32-G032-x2-jpeg-low/training-checkpoint.npz .gpu-data/init-photo-low.npz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .gpu-data

@@ -72,14 +72,15 @@ def running_gunicorn(
     workers: int = 1,
     env: dict[str, str] | None = None,
     photo_model_dir: Path | None = None,
+    photo_low_model_dir: Path | None = None,
 ) -> Iterator[Server]:
     """gunicorn on a free port, yielded once /readyz says 200; SIGTERM and wait after.
 
-    ``model_dir`` is the clean model; ``photo_model_dir`` the photo model, or None for
-    none (JPEG uploads then go to the clean model too)."""
-    with running(
-        gunicorn_command(), "gunicorn", (model_dir, photo_model_dir), log, workers, env
-    ) as server:
+    ``model_dir`` is the clean model; ``photo_model_dir`` and ``photo_low_model_dir`` the
+    photo models, or None for none (their JPEG uploads then go to the model of the band
+    above, service/routing.py)."""
+    models = (model_dir, photo_model_dir, photo_low_model_dir)
+    with running(gunicorn_command(), "gunicorn", models, log, workers, env) as server:
         yield server
 
 
@@ -95,6 +96,7 @@ def running_front(
     workers: int = 1,
     env: dict[str, str] | None = None,
     photo_model_dir: Path | None = None,
+    photo_low_model_dir: Path | None = None,
     python: str = sys.executable,
 ) -> Iterator[Server]:
     """The service as `make serve` starts it (nginx on a free loopback port, gunicorn on a
@@ -105,9 +107,8 @@ def running_front(
     user: a test's model folders lie under pytest's private temporary directory, which no
     other user may enter."""
     env = {"SSM_USER": "root", **(env or {})}
-    with running(
-        front_command(python), "the front", (model_dir, photo_model_dir), log, workers, env
-    ) as server:
+    models = (model_dir, photo_model_dir, photo_low_model_dir)
+    with running(front_command(python), "the front", models, log, workers, env) as server:
         yield server
 
 
@@ -115,19 +116,20 @@ def running_front(
 def running(
     command: list[str],
     name: str,
-    models: tuple[Path, Path | None],
+    models: tuple[Path, Path | None, Path | None],
     log: Path,
     workers: int,
     env: dict[str, str] | None,
 ) -> Iterator[Server]:
     port = free_port()
-    model_dir, photo_model_dir = models
+    model_dir, photo_model_dir, photo_low_model_dir = models
     environment = {
         **os.environ,
         "SSM_BIND": f"127.0.0.1:{port}",
         "SSM_WORKERS": str(workers),
         "SSM_MODEL_DIR": str(model_dir),
         "SSM_PHOTO_MODEL_DIR": str(photo_model_dir) if photo_model_dir else "none",
+        "SSM_PHOTO_LOW_MODEL_DIR": str(photo_low_model_dir) if photo_low_model_dir else "none",
         **(env or {}),
     }
     with open(log, "wb") as output:

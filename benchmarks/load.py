@@ -42,7 +42,7 @@ from benchmarks.arguments import benchmark_parser
 from benchmarks.gunicorn_server import running_gunicorn, worker_pids
 from benchmarks.latency import photo_like
 from supersizeme.machine import cpu_count, hardware
-from supersizeme.service.config import default_workers, env, photo_model_dir
+from supersizeme.service.config import default_workers, env, from_environment
 
 HERE = Path(__file__).resolve().parent
 
@@ -272,10 +272,15 @@ def drive(
 def run_local(model: Path, workers: int, concurrency: int, minutes: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "gunicorn.log"
-        # The clean model asked for, beside the photo model a default service holds.
-        photo = photo_model_dir()
+        # The clean model asked for, beside the photo models a default service holds.
+        service = from_environment()
+        photo, photo_low = (service[key] for key in ("PHOTO_MODEL_DIR", "PHOTO_LOW_MODEL_DIR"))
         with running_gunicorn(
-            model, log, workers=workers, photo_model_dir=Path(photo) if photo else None
+            model,
+            log,
+            workers=workers,
+            photo_model_dir=Path(photo) if photo else None,
+            photo_low_model_dir=Path(photo_low) if photo_low else None,
         ) as server:
             address = ("127.0.0.1", server.port)
             wait_for_workers(address, workers)

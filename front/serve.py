@@ -174,8 +174,8 @@ class Account:
 def served_paths() -> list[Path]:
     """What the service's user must be able to read: the interpreter, the app, the models."""
     service = settings.from_environment()
-    paths = [Path(sys.executable), settings.REPO_ROOT / "app.py", Path(service["MODEL_DIR"])]
-    return paths + ([Path(service["PHOTO_MODEL_DIR"])] if service["PHOTO_MODEL_DIR"] else [])
+    models = [Path(folder) for folder in settings.model_dirs(service).values()]
+    return [Path(sys.executable), settings.REPO_ROOT / "app.py", *models]
 
 
 def user_directive(account: Account | None) -> str:

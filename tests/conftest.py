@@ -1,9 +1,9 @@
 """Fixtures shared by the suite: tiny RDN model folders, the app and its test client.
 
 The tiny RDN (C1-D1-G4) runs through the real loading and tiling code in milliseconds;
-the app serves it as its clean model and a second one, of other weights, as its photo
-model, so that routing shows in the results. Tests that need the shipped models' quality
-use ``shipped_model_dir`` and ``shipped_photo_model_dir`` instead.
+the app serves it as its clean model and two more, of other weights, as its photo and
+photo-low models, so that routing shows in the results. Tests that need the shipped
+models' quality use ``shipped_model_dir`` and the ``shipped_photo_*`` folders instead.
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ import pytest
 from hosts import HOST_KINDS, HostKind
 
 from supersizeme.modelspec import RDNParams
-from supersizeme.service.config import DEFAULT_MODEL, DEFAULT_PHOTO_MODEL, REPO_ROOT
+from supersizeme.service.config import (
+    DEFAULT_MODEL,
+    DEFAULT_PHOTO_LOW_MODEL,
+    DEFAULT_PHOTO_MODEL,
+    REPO_ROOT,
+)
 
 TINY = RDNParams(C=1, D=1, G=4, G0=4, scale=2)
 
@@ -40,6 +45,12 @@ def tiny_photo_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_photo_low_model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photo-low") / f"{TINY.name}-jpeg-low"
+    return make_model_folder(folder, seed=9)
+
+
+@pytest.fixture(scope="session")
 def shipped_model_dir() -> Path:
     return REPO_ROOT / "models" / DEFAULT_MODEL
 
@@ -47,6 +58,11 @@ def shipped_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def shipped_photo_model_dir() -> Path:
     return REPO_ROOT / "models" / DEFAULT_PHOTO_MODEL
+
+
+@pytest.fixture(scope="session")
+def shipped_photo_low_model_dir() -> Path:
+    return REPO_ROOT / "models" / DEFAULT_PHOTO_LOW_MODEL
 
 
 @pytest.fixture(params=HOST_KINDS, ids=[kind.name for kind in HOST_KINDS])
@@ -61,7 +77,7 @@ def host(request, tmp_path, monkeypatch) -> HostKind:
 
 
 @pytest.fixture
-def app(tiny_model_dir, tiny_photo_model_dir):
+def app(tiny_model_dir, tiny_photo_model_dir, tiny_photo_low_model_dir):
     from supersizeme.service.app import create_app
 
     return create_app(
@@ -69,6 +85,7 @@ def app(tiny_model_dir, tiny_photo_model_dir):
             "TESTING": True,
             "MODEL_DIR": str(tiny_model_dir),
             "PHOTO_MODEL_DIR": str(tiny_photo_model_dir),
+            "PHOTO_LOW_MODEL_DIR": str(tiny_photo_low_model_dir),
             "TILE": 64,
         }
     )

@@ -218,9 +218,7 @@ def test_unknown_route_and_wrong_method_are_json(client):
 
 def test_not_ready_worker_answers_503_with_retry_after(app, client):
     loaded = app.extensions["supersizeme.model"]
-    app.extensions["supersizeme.model"] = ModelSlot(
-        loaded.folder, loaded.settings, loaded.limits, loaded.folders.get("photo")
-    )
+    app.extensions["supersizeme.model"] = ModelSlot(loaded.folders, loaded.settings, loaded.limits)
     response = post(client, encoded(picture()))
     assert_error(response, 503, "not_ready")
     assert response.headers["Retry-After"]
@@ -564,6 +562,51 @@ def test_a_jpeg_goes_to_the_photo_model_and_a_png_to_the_clean_one(client):
     assert post(client, png, "/supersizeme/?model=photo").headers["X-Model"] == "photo"
 
 
+@pytest.mark.parametrize(
+    ("quality", "expected"),
+    [(30, "photo-low"), (74, "photo-low"), (75, "photo"), (95, "photo"), (96, "clean")],
+)
+def test_a_jpeg_goes_to_the_model_of_its_quality_band(client, quality, expected):
+    """The quality is read from the upload's own tables: a real JPEG of each quality."""
+    upload = encoded(picture(), "JPEG", quality=quality)
+    routed = post(client, upload, content_type="image/jpeg")
+    assert routed.headers["X-Model"] == expected
+    chosen = post(client, upload, f"/supersizeme/?model={expected}", content_type="image/jpeg")
+    assert np.array_equal(np.asarray(as_image(routed)), np.asarray(as_image(chosen)))
+    for other in {"clean", "photo", "photo-low"} - {expected}:
+        answer = post(client, upload, f"/supersizeme/?model={other}", content_type="image/jpeg")
+        assert answer.headers["X-Model"] == other
+        assert not np.array_equal(np.asarray(as_image(routed)), np.asarray(as_image(answer)))
+
+
+def test_without_a_photo_low_model_its_band_goes_to_the_photo_model(
+    tiny_model_dir, tiny_photo_model_dir
+):
+    from supersizeme.service.app import create_app
+
+    client = create_app(
+        {
+            "TESTING": True,
+            "MODEL_DIR": str(tiny_model_dir),
+            "PHOTO_MODEL_DIR": str(tiny_photo_model_dir),
+            "PHOTO_LOW_MODEL_DIR": None,
+        }
+    ).test_client()
+    low = encoded(picture(), "JPEG", quality=40)
+    assert post(client, low, content_type="image/jpeg").headers["X-Model"] == "photo"
+    body = assert_error(
+        post(client, low, "/supersizeme/?model=photo-low", content_type="image/jpeg"),
+        422,
+        "invalid_parameter",
+    )
+    assert body["allowed"] == ["auto", "clean", "photo"]
+    models = client.get("/supersizeme/model").get_json()["models"]
+    assert [(m["role"], m["default_for_jpeg_quality"]) for m in models] == [
+        ("clean", [96, 100]),
+        ("photo", [1, 95]),
+    ]
+
+
 def test_x4_of_a_jpeg_runs_the_photo_model_first_then_the_clean_one(app, client, monkeypatch):
     slot = app.extensions["supersizeme.model"]
     calls = []
@@ -579,11 +622,19 @@ def test_x4_of_a_jpeg_runs_the_photo_model_first_then_the_clean_one(app, client,
     assert calls == [("photo", (30, 40)), ("clean", (60, 80))]
 
 
-def test_a_server_without_a_photo_model_serves_jpeg_with_the_clean_one(tiny_model_dir):
+def test_a_server_without_a_photo_model_serves_jpeg_with_the_clean_one(
+    tiny_model_dir, tiny_photo_low_model_dir
+):
+    """No photo model means no photo model at all: photo-low is not served alone."""
     from supersizeme.service.app import create_app
 
     client = create_app(
-        {"TESTING": True, "MODEL_DIR": str(tiny_model_dir), "PHOTO_MODEL_DIR": None}
+        {
+            "TESTING": True,
+            "MODEL_DIR": str(tiny_model_dir),
+            "PHOTO_MODEL_DIR": None,
+            "PHOTO_LOW_MODEL_DIR": str(tiny_photo_low_model_dir),
+        }
     ).test_client()
     assert post(client, encoded(picture(), "JPEG")).headers["X-Model"] == "clean"
     body = assert_error(
@@ -594,32 +645,37 @@ def test_a_server_without_a_photo_model_serves_jpeg_with_the_clean_one(tiny_mode
     assert body["allowed"] == ["auto", "clean"] and "no photo model" in body["message"]
     info = client.get("/supersizeme/model").get_json()
     assert info["model_choices"] == ["auto", "clean"]
-    assert [(m["role"], m["default_for"]) for m in info["models"]] == [("clean", ["PNG", "JPEG"])]
+    (clean,) = info["models"]
+    assert (clean["role"], clean["default_for"], clean["default_for_jpeg_quality"]) == (
+        "clean",
+        ["PNG", "JPEG"],
+        [1, 100],
+    )
 
 
 def test_a_bad_model_value_names_the_allowed_ones(client):
     body = assert_error(
         post(client, encoded(picture()), "/supersizeme/?model=sharp"), 422, "invalid_parameter"
     )
-    assert body["allowed"] == ["auto", "clean", "photo"]
+    assert body["allowed"] == ["auto", "clean", "photo", "photo-low"]
 
 
-def test_model_metadata_lists_both_models(client, tiny_model_dir, tiny_photo_model_dir):
+def test_model_metadata_lists_every_model(
+    client, tiny_model_dir, tiny_photo_model_dir, tiny_photo_low_model_dir
+):
     info = client.get("/supersizeme/model").get_json()
-    assert info["model_choices"] == ["auto", "clean", "photo"]
-    clean, photo = info["models"]
-    assert (clean["role"], clean["name"], clean["default_for"]) == (
-        "clean",
-        tiny_model_dir.name,
-        ["PNG"],
-    )
-    assert (photo["role"], photo["name"], photo["default_for"]) == (
-        "photo",
-        tiny_photo_model_dir.name,
-        ["JPEG"],
-    )
-    assert clean["weights_sha256"] != photo["weights_sha256"]
-    assert clean["seconds_per_megapixel"] > 0 and photo["seconds_per_megapixel"] > 0
+    assert info["model_choices"] == ["auto", "clean", "photo", "photo-low"]
+    described = [
+        (m["role"], m["name"], m["default_for"], m["default_for_jpeg_quality"])
+        for m in info["models"]
+    ]
+    assert described == [
+        ("clean", tiny_model_dir.name, ["PNG", "JPEG"], [96, 100]),
+        ("photo", tiny_photo_model_dir.name, ["JPEG"], [75, 95]),
+        ("photo-low", tiny_photo_low_model_dir.name, ["JPEG"], [1, 74]),
+    ]
+    assert len({m["weights_sha256"] for m in info["models"]}) == 3
+    assert all(m["seconds_per_megapixel"] > 0 for m in info["models"])
 
 
 def test_the_request_log_and_the_metrics_name_the_model(client, caplog):

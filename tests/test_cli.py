@@ -121,6 +121,44 @@ def test_transparency_as_jpeg_and_missing_paths_are_failures(tmp_path, tiny_mode
     assert size_of(tmp_path / "out" / "photo-x2.jpeg") == (40, 24)
 
 
+def test_jpeg_files_go_to_the_photo_model_of_their_quality_unless_told(
+    tmp_path, tiny_model_dir, tiny_photo_model_dir, tiny_photo_low_model_dir, capsys
+):
+    for quality in (40, 85):
+        (tmp_path / f"q{quality}.jpg").write_bytes(jpeg(picture(), quality=quality))
+    models = (
+        "--model", tiny_model_dir, "--photo-model", tiny_photo_model_dir,
+        "--photo-low-model", tiny_photo_low_model_dir,
+    )  # fmt: skip
+    results = {}
+    for choice in ("auto", "clean", "photo", "photo-low"):
+        out = tmp_path / choice
+        assert upscale(tmp_path / "q40.jpg", tmp_path / "q85.jpg", "--out", out, *models,
+                       "--use-model", choice) == 0  # fmt: skip
+        results[choice] = {
+            name: np.asarray(Image.open(out / f"{name}-x2.png")) for name in ("q40", "q85")
+        }
+    capsys.readouterr()
+
+    def same(a: str, b: str, name: str) -> bool:
+        return np.array_equal(results[a][name], results[b][name])
+
+    assert same("auto", "photo-low", "q40") and not same("auto", "photo", "q40")
+    assert same("auto", "photo", "q85") and not same("auto", "photo-low", "q85")
+    assert not same("auto", "clean", "q40") and not same("auto", "clean", "q85")
+
+
+def test_a_model_choice_without_its_model_is_a_usage_error(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "in.jpg").write_bytes(jpeg(picture()))
+    status = upscale(
+        tmp_path / "in.jpg", "--out", tmp_path / "out", "--model", tiny_model_dir,
+        "--photo-model", "none", "--use-model", "photo-low",
+    )  # fmt: skip
+    assert status == cli.EXIT_USAGE
+    assert "--use-model photo-low needs --photo-low-model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_input_is_never_overwritten(tmp_path, tiny_model_dir, capsys):
     (tmp_path / "a.png").write_bytes(png(picture()))
     earlier = png(picture(size=(10, 10)))

@@ -91,10 +91,16 @@ def chromium() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(shipped_model_dir, shipped_photo_model_dir, tmp_path_factory):
+def server(
+    shipped_model_dir, shipped_photo_model_dir, shipped_photo_low_model_dir, tmp_path_factory
+):
     log = tmp_path_factory.mktemp("gunicorn") / "server.log"
-    photo = shipped_photo_model_dir
-    with running_gunicorn(shipped_model_dir, log, photo_model_dir=photo) as running:
+    with running_gunicorn(
+        shipped_model_dir,
+        log,
+        photo_model_dir=shipped_photo_model_dir,
+        photo_low_model_dir=shipped_photo_low_model_dir,
+    ) as running:
         yield running
 
 
@@ -254,9 +260,9 @@ def test_chosen_scale_and_format_are_sent(page, server):
 def test_the_model_is_chosen_by_the_file_unless_the_page_says_otherwise(page, server):
     page.wait_for_selector("#options:not([hidden])")
     choices = page.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
-    assert choices == ["auto", "clean", "photo"]
+    assert choices == ["auto", "clean", "photo", "photo-low"]
     photo = io.BytesIO()
-    lettering().resize((40, 30)).save(photo, "JPEG", quality=60)
+    lettering().resize((40, 30)).save(photo, "JPEG", quality=85)
     upload = [{"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": photo.getvalue()}]
     page.set_input_files("#file", files=upload)
     assert finished(page) == "done"

@@ -52,12 +52,18 @@ def service_user() -> str:
 
 
 @pytest.fixture(scope="module")
-def served(shipped_model_dir, shipped_photo_model_dir, tmp_path_factory):
+def served(
+    shipped_model_dir, shipped_photo_model_dir, shipped_photo_low_model_dir, tmp_path_factory
+):
     nginx_or_skip()
     log = tmp_path_factory.mktemp("front-defaults") / "server.log"
     env = {"SSM_USER": service_user()}
     with running_front(
-        shipped_model_dir, log, env=env, photo_model_dir=shipped_photo_model_dir
+        shipped_model_dir,
+        log,
+        env=env,
+        photo_model_dir=shipped_photo_model_dir,
+        photo_low_model_dir=shipped_photo_low_model_dir,
     ) as server:
         yield server
 

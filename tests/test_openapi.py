@@ -83,7 +83,7 @@ schemathesis.openapi.media_type("application/octet-stream", uploads("PNG", "JPEG
 
 
 @pytest.fixture(scope="module")
-def api(tiny_model_dir, tiny_photo_model_dir) -> Flask:
+def api(tiny_model_dir, tiny_photo_model_dir, tiny_photo_low_model_dir) -> Flask:
     from supersizeme.service.app import create_app
 
     # A small body limit lets a test reach 413 without megabytes of data.
@@ -92,6 +92,7 @@ def api(tiny_model_dir, tiny_photo_model_dir) -> Flask:
             "TESTING": True,
             "MODEL_DIR": str(tiny_model_dir),
             "PHOTO_MODEL_DIR": str(tiny_photo_model_dir),
+            "PHOTO_LOW_MODEL_DIR": str(tiny_photo_low_model_dir),
             "TILE": 64,
             "MAX_BODY_BYTES": 8192,
         }
@@ -123,7 +124,7 @@ def follows_query(ctx, response, case) -> None:
         choice = sent.get("model", ["auto"])[0]
         tables = getattr(source, "quantization", None)
         quality = estimate_quality(tables[0]) if tables else None
-        routed = route(choice, source.format, ("clean", "photo"), quality)
+        routed = route(choice, source.format, ("clean", "photo", "photo-low"), quality)
         assert response.headers["x-model"] == [routed], f"{choice} for a {source.format}"
 
 

@@ -8,10 +8,20 @@ import json
 import pytest
 
 from supersizeme.modelspec import ModelFolder
-from supersizeme.service.config import DEFAULT_MODEL, DEFAULT_PHOTO_MODEL, REPO_ROOT
+from supersizeme.service.config import (
+    DEFAULT_MODEL,
+    DEFAULT_PHOTO_LOW_MODEL,
+    DEFAULT_PHOTO_MODEL,
+    REPO_ROOT,
+)
 
 # Each shipped folder, and the degradation its training record must name.
-SHIPPED = {DEFAULT_MODEL: "bicubic", DEFAULT_PHOTO_MODEL: "jpeg"}
+SHIPPED = {
+    DEFAULT_MODEL: "bicubic",
+    DEFAULT_PHOTO_MODEL: "jpeg-high",
+    DEFAULT_PHOTO_LOW_MODEL: "jpeg-low",
+}
+PHOTO_MODELS = [DEFAULT_PHOTO_MODEL, DEFAULT_PHOTO_LOW_MODEL]
 
 
 @pytest.fixture(params=list(SHIPPED))
@@ -41,8 +51,9 @@ def test_card_and_docs_quote_the_measured_numbers(shipped):
                 assert quoted in docs, quoted
 
 
-def test_the_photo_models_card_has_its_jpeg_evaluation():
-    folder = ModelFolder.open(REPO_ROOT / "models" / DEFAULT_PHOTO_MODEL)
+@pytest.mark.parametrize("name", PHOTO_MODELS)
+def test_the_photo_models_card_has_its_jpeg_evaluation(name):
+    folder = ModelFolder.open(REPO_ROOT / "models" / name)
     jpeg = folder.spec["evaluation_jpeg"]
     assert {"90", "75", "50"} <= set(jpeg)
     card = (folder.path / "MODEL_CARD.md").read_text()

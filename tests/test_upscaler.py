@@ -15,6 +15,7 @@ from supersizeme.modelspec import ModelFolder, ModelFolderError
 from supersizeme.service import capacity
 from supersizeme.service import upscaler as upscaler_module
 from supersizeme.service.config import REPO_ROOT
+from supersizeme.service.routing import CLEAN
 from supersizeme.service.runtime import RUNTIMES
 from supersizeme.service.upscaler import LoadSettings, ModelSlot, PixelCap, load
 
@@ -50,7 +51,7 @@ def test_weights_of_another_architecture_are_refused(tiny_model_dir, tmp_path):
     spec["G"] = 8
     (folder / "model.json").write_text(json.dumps(spec))
     for runtime in RUNTIMES:
-        slot = ModelSlot(ModelFolder.open(folder), LoadSettings(runtime, tile=32), CAP)
+        slot = ModelSlot({CLEAN: ModelFolder.open(folder)}, LoadSettings(runtime, tile=32), CAP)
         with pytest.raises(ModelFolderError, match="do not fit"):
             slot.load()
         assert slot.state == "failed"
@@ -167,7 +168,7 @@ def test_the_derived_network_must_be_the_recorded_one(tiny_model_dir, tmp_path, 
     else:
         spec["openvino"]["weights_sha256"] = "0" * 64
     (folder / "model.json").write_text(json.dumps(spec))
-    slot = ModelSlot(ModelFolder.open(folder), LoadSettings(tile=32), CAP)
+    slot = ModelSlot({CLEAN: ModelFolder.open(folder)}, LoadSettings(tile=32), CAP)
     with pytest.raises(ModelFolderError, match=message):
         slot.load()
 
@@ -192,7 +193,7 @@ def fake_speed(monkeypatch):
 
 def loaded_slot(tiny_model_dir, limits: PixelCap, tile: int) -> ModelSlot:
     # A tile of its own for every test, so that no upscaler timed by another is cached.
-    slot = ModelSlot(ModelFolder.open(tiny_model_dir), LoadSettings(tile=tile), limits)
+    slot = ModelSlot({CLEAN: ModelFolder.open(tiny_model_dir)}, LoadSettings(tile=tile), limits)
     slot.load()
     return slot
 
@@ -232,3 +233,8 @@ def test_the_real_probes_time_the_worker(tiny_model_dir):
     slot = loaded_slot(tiny_model_dir, CAP, tile=45)
     assert slot.served.seconds_per_megapixel > 0 and slot.encode_seconds_per_megapixel > 0
     assert capacity.FLOOR_PIXELS <= slot.max_pixels <= capacity.CEILING_PIXELS
+
+
+def test_a_worker_without_a_clean_model_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="clean"):
+        ModelSlot({"photo": ModelFolder.open(tiny_model_dir)}, LoadSettings(tile=32), CAP)

@@ -25,7 +25,7 @@ from supersizeme.service.connection import client_watch
 from supersizeme.service.errors import Refused, UploadTimedOut
 from supersizeme.service.images import FORMATS, OUTPUT_FORMATS, Limits
 from supersizeme.service.pipeline import SCALES, Output, Timings, decode_for, upscale_decoded
-from supersizeme.service.routing import CLEAN, MODEL_CHOICES, route, routed_formats
+from supersizeme.service.routing import CLEAN, MODEL_CHOICES, auto_routes, route
 from supersizeme.service.telemetry import RequestRecord, Telemetry
 from supersizeme.service.tiling import ClientGone, DeadlineExceeded, Stop
 from supersizeme.service.upscaler import ModelSlot
@@ -595,6 +595,7 @@ def models_info(model: ModelSlot) -> list[dict[str, Any]]:
     described = []
     for role, folder in model.folders.items():
         served = model.upscalers.get(role)
+        routes = auto_routes(role, model.folders)
         described.append(
             {
                 "role": role,
@@ -602,7 +603,8 @@ def models_info(model: ModelSlot) -> list[dict[str, Any]]:
                 "weights_sha256": folder.spec.get("weights_sha256"),
                 "evaluation": folder.spec.get("evaluation"),
                 "evaluation_jpeg": folder.spec.get("evaluation_jpeg"),
-                "default_for": routed_formats(role, model.folders),
+                "default_for": routes["formats"],
+                "default_for_jpeg_quality": routes["jpeg_qualities"],
                 "seconds_per_megapixel": (
                     round(served.seconds_per_megapixel, 3) if served else None
                 ),

@@ -71,10 +71,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
 
     config = app.config
-    folder = ModelFolder.open(config["MODEL_DIR"])
-    photo = ModelFolder.open(config["PHOTO_MODEL_DIR"]) if config["PHOTO_MODEL_DIR"] else None
+    folders = {role: ModelFolder.open(path) for role, path in settings.model_dirs(config).items()}
     slot = ModelSlot(
-        folder,
+        folders,
         LoadSettings(
             runtime=config["RUNTIME"],
             precision=config["PRECISION"],
@@ -88,7 +87,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             config["MEMORY_BYTES"] or memory_limit_bytes(),
             config["WORKERS"],
         ),
-        photo,
     )
     app.extensions["supersizeme.model"] = slot
     app.extensions["supersizeme.gate"] = InferenceGate(

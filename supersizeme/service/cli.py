@@ -5,10 +5,10 @@
 Each file goes through the same validation, routing, networks and encoder as a POST
 to the service (``pipeline``, ``routing``, the models loaded by
 ``upscaler.open_upscaler``), without the request deadline: by default JPEG files go to
-the photo model and the others to the clean one, and ``--use-model`` overrides that as
-the ``model`` query parameter does. A file that cannot be upscaled is reported and skipped;
-the exit status says whether any was: 0 all written, 1 some failed, 2 nothing tried
-(bad options or a model that does not load), 130 interrupted.
+a photo model by their quality and the others to the clean one, and ``--use-model``
+overrides that as the ``model`` query parameter does. A file that cannot be upscaled is
+reported and skipped; the exit status says whether any was: 0 all written, 1 some failed,
+2 nothing tried (bad options or a model that does not load), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -35,7 +35,14 @@ from supersizeme.service.pipeline import (
     decode_for,
     upscale_decoded,
 )
-from supersizeme.service.routing import CLEAN, MODEL_CHOICES, PHOTO, route
+from supersizeme.service.routing import (
+    AUTO,
+    CLEAN,
+    CLEAN_FROM_QUALITY,
+    MODEL_CHOICES,
+    PHOTO_FROM_QUALITY,
+    route,
+)
 from supersizeme.service.runtime import PRECISIONS, RUNTIMES
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -85,13 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--photo-model",
         type=optional_folder,
         default=defaults["PHOTO_MODEL_DIR"],
-        help="the photo model's folder, for JPEG files, or 'none' (default: %(default)s)",
+        help="the photo model's folder, for JPEG files of quality "
+        f"{PHOTO_FROM_QUALITY} to {CLEAN_FROM_QUALITY - 1}, or 'none' (then no photo "
+        "model at all; default: %(default)s)",
+    )
+    upscale.add_argument(
+        "--photo-low-model",
+        type=optional_folder,
+        default=defaults["PHOTO_LOW_MODEL_DIR"],
+        help=f"the photo-low model's folder, for JPEG files below quality {PHOTO_FROM_QUALITY}, "
+        "or 'none' (then the photo model's; default: %(default)s)",
     )
     upscale.add_argument(
         "--use-model",
         choices=MODEL_CHOICES,
         default=MODEL_CHOICES[0],
-        help="auto: the photo model for JPEG files, the clean one for the others (default)",
+        help="auto: a photo model for JPEG files by their quality, the clean one for the "
+        f"others and for JPEGs of quality {CLEAN_FROM_QUALITY} or more (default)",
     )
     upscale.add_argument("--runtime", choices=RUNTIMES, default=defaults["RUNTIME"])
     upscale.add_argument("--precision", choices=PRECISIONS, default=defaults["PRECISION"])
@@ -187,7 +204,7 @@ def plan(paths: Iterable[Path], out: Path, output: Output) -> tuple[list[Job], l
     return kept, failures
 
 
-# The loaded models by role (routing.CLEAN always, routing.PHOTO where one is used).
+# The loaded models by role (routing.CLEAN always, the photo models where they are used).
 Models = dict[str, Upscale]
 
 
@@ -283,18 +300,29 @@ def write_whole(target: Path, data: bytes) -> None:
         raise
 
 
-def load_models(args: argparse.Namespace) -> Models:
-    """The server's loading code, with every core for the one process; the photo model
-    only where one is named and ``--use-model`` may send a file to it."""
+def model_folders(args: argparse.Namespace) -> dict[str, str]:
+    """The folders of the models ``--use-model`` may send a file to, by role: the server's
+    rule (config.model_dirs), and the clean model always, for a x4 result's second pass."""
+    folders = settings.model_dirs(
+        {
+            "MODEL_DIR": args.model,
+            "PHOTO_MODEL_DIR": args.photo_model,
+            "PHOTO_LOW_MODEL_DIR": args.photo_low_model,
+        }
+    )
+    if args.use_model == AUTO:
+        return folders
+    return {role: folder for role, folder in folders.items() if role in (CLEAN, args.use_model)}
+
+
+def load_models(folders: dict[str, str], args: argparse.Namespace) -> Models:
+    """The server's loading code, with every core for the one process."""
     from supersizeme.service.upscaler import LoadSettings, open_upscaler
 
     settings = LoadSettings(
         runtime=args.runtime, precision=args.precision, tile=args.tile, threads=cpu_count()
     )
-    models: Models = {CLEAN: open_upscaler(args.model, settings)}
-    if args.photo_model is not None and args.use_model != CLEAN:
-        models[PHOTO] = open_upscaler(args.photo_model, settings)
-    return models
+    return {role: open_upscaler(Path(folder), settings) for role, folder in folders.items()}
 
 
 def run_upscale(args: argparse.Namespace) -> int:
@@ -309,11 +337,16 @@ def run_upscale(args: argparse.Namespace) -> int:
         print(failure, file=sys.stderr)
     written = 0
     if jobs:
-        if args.use_model == PHOTO and args.photo_model is None:
-            print("error: --use-model photo needs a --photo-model folder", file=sys.stderr)
+        folders = model_folders(args)
+        if args.use_model not in (AUTO, *folders):
+            print(
+                f"error: --use-model {args.use_model} needs --{args.use_model}-model "
+                "(and photo-low a --photo-model beside it)",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         try:
-            models = load_models(args)
+            models = load_models(folders, args)
         except Exception as exc:
             print(f"error: cannot load the models: {exc}", file=sys.stderr)
             return EXIT_USAGE

@@ -12,13 +12,19 @@ from typing import Any
 
 from supersizeme.machine import cpu_count
 from supersizeme.service.images import Limits
+from supersizeme.service.routing import CLEAN, PHOTO, PHOTO_LOW
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "rdn-C3-D6-G32-G032-x2"
-# The same network trained for JPEG-compressed inputs (service/routing.py).
-DEFAULT_PHOTO_MODEL = "rdn-C3-D6-G32-G032-x2-jpeg"
-# SSM_PHOTO_MODEL_DIR=none serves every upload with the clean model.
+# The same network trained for JPEG-compressed inputs, one per band of qualities
+# (service/routing.py).
+DEFAULT_PHOTO_MODEL = "rdn-C3-D6-G32-G032-x2-jpeg-high"
+DEFAULT_PHOTO_LOW_MODEL = "rdn-C3-D6-G32-G032-x2-jpeg-low"
+# SSM_PHOTO_MODEL_DIR=none serves every upload with the clean model;
+# SSM_PHOTO_LOW_MODEL_DIR=none every JPEG below the clean model's band with the photo model.
 NO_MODEL = "none"
+# Each model's setting, by role; a photo-low model is served only beside a photo model.
+MODEL_SETTINGS = {CLEAN: "MODEL_DIR", PHOTO: "PHOTO_MODEL_DIR", PHOTO_LOW: "PHOTO_LOW_MODEL_DIR"}
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 # A multipart upload wraps the file in boundaries and part headers; this much extra is
@@ -45,9 +51,17 @@ def default_workers() -> int:
     return env("SSM_WORKERS", 1, int)
 
 
-def photo_model_dir() -> str | None:
-    value = env("SSM_PHOTO_MODEL_DIR", str(REPO_ROOT / "models" / DEFAULT_PHOTO_MODEL))
+def optional_model_dir(variable: str, default: str) -> str | None:
+    value = env(variable, str(REPO_ROOT / "models" / default))
     return None if value.strip().lower() == NO_MODEL else value
+
+
+def model_dirs(config: dict[str, Any]) -> dict[str, str]:
+    """The folders of the models a worker serves, by role (routing), from its settings."""
+    dirs = {role: config.get(key) for role, key in MODEL_SETTINGS.items()}
+    if not dirs[PHOTO]:
+        dirs[PHOTO_LOW] = None
+    return {role: folder for role, folder in dirs.items() if folder}
 
 
 def from_environment() -> dict[str, Any]:
@@ -55,8 +69,12 @@ def from_environment() -> dict[str, Any]:
     workers = default_workers()
     return {
         "MODEL_DIR": env("SSM_MODEL_DIR", str(REPO_ROOT / "models" / DEFAULT_MODEL)),
-        # The model for JPEG uploads; None: none, the clean model serves them too.
-        "PHOTO_MODEL_DIR": photo_model_dir(),
+        # The models for JPEG uploads (routing.JPEG_BANDS); None: none, the model of the
+        # band above serves them.
+        "PHOTO_MODEL_DIR": optional_model_dir("SSM_PHOTO_MODEL_DIR", DEFAULT_PHOTO_MODEL),
+        "PHOTO_LOW_MODEL_DIR": optional_model_dir(
+            "SSM_PHOTO_LOW_MODEL_DIR", DEFAULT_PHOTO_LOW_MODEL
+        ),
         "RUNTIME": env("SSM_RUNTIME", "openvino"),
         "PRECISION": env("SSM_PRECISION", "auto"),
         "TILE": env("SSM_TILE", 512, int),

@@ -209,14 +209,14 @@ class Telemetry:
         )
         self.upscales = Counter(
             "ssm_upscales",
-            "Uploads decoded and given to a model, by the model (clean or photo) and the "
-            "HTTP status of their answer.",
+            "Uploads decoded and given to a model, by the model (clean, photo or photo-low) "
+            "and the HTTP status of their answer.",
             ["model", "status"],
             registry=registry,
         )
         model = Gauge(
             "ssm_model_info",
-            "The models served (value 1): role (clean or photo), folder name, trained "
+            "The models served (value 1): role (clean, photo, photo-low), folder name, trained "
             "parameter count, precision.",
             ["role", "name", "parameters", "precision"],
             registry=registry,

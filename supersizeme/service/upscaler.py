@@ -30,7 +30,7 @@ from supersizeme.service.capacity import (
     image_budget,
     resident_bytes,
 )
-from supersizeme.service.routing import CLEAN, PHOTO
+from supersizeme.service.routing import CLEAN
 from supersizeme.service.runtime import choose_precision, load_network, stream_count
 from supersizeme.service.threads import mapped
 from supersizeme.service.tiling import Stop, TiledUpscaler
@@ -192,21 +192,19 @@ class PixelCap:
 class ModelSlot:
     """One worker's models: loading, then ready (or failed), as /readyz reports it.
 
-    The clean model always, and the photo model for compressed uploads where one is
-    configured (``routing``), both on the same threads and streams. Once they are loaded
-    and timed, ``cap`` is the pixel cap in force and what decided it
-    (capacity.decide_cap), from the slower model's speed and the memory left beside both
+    ``folders`` by role (``routing``): the clean model always, the photo models for
+    compressed uploads where they are configured, all on the same threads and streams.
+    Once they are loaded and timed, ``cap`` is the pixel cap in force and what decided it
+    (capacity.decide_cap), from the slowest model's speed and the memory left beside all
     of them, and ``memory`` the ledger of its images' memory.
     """
 
     def __init__(
-        self,
-        folder: ModelFolder,
-        settings: LoadSettings,
-        limits: PixelCap,
-        photo: ModelFolder | None = None,
+        self, folders: dict[str, ModelFolder], settings: LoadSettings, limits: PixelCap
     ):
-        self.folders = {CLEAN: folder, **({PHOTO: photo} if photo else {})}
+        if CLEAN not in folders:
+            raise ValueError(f"a worker serves a {CLEAN} model; given {sorted(folders)}")
+        self.folders = dict(folders)
         self.settings = settings
         self.limits = limits
         self.cap: CapDecision | None = None
@@ -321,7 +319,7 @@ class ModelSlot:
         )
 
     def upscaler_for(self, role: str) -> Upscaler:
-        """The loaded upscaler of the model ``role`` (routing.CLEAN or routing.PHOTO)."""
+        """The loaded upscaler of the model ``role`` (one of routing.MODEL_CHOICES but auto)."""
         return self.upscalers[role]
 
     def load_in_background(self, on_failure: Callable[[ModelSlot], None]) -> threading.Thread:

@@ -29,9 +29,10 @@ let uploads = 0; // a newer upload makes the answers of older ones stale
 
 const FORMAT_NAMES = { png: "PNG", webp: "WebP (lossless)", jpeg: "JPEG (quality 95)" };
 const MODEL_NAMES = {
-  auto: "automatic: photo model for JPEG files, clean model for others",
+  auto: "automatic: a photo model for JPEG files by their quality, clean model for others",
   clean: "clean (for PNGs, screenshots, renders)",
-  photo: "photo (for JPEG-compressed pictures)",
+  photo: "photo (for JPEG pictures of ordinary quality)",
+  "photo-low": "photo-low (for heavily compressed JPEG pictures)",
 };
 
 function setState(state, text) {

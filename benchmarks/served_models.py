@@ -1,14 +1,15 @@
-"""Two models in one worker: what serving the photo model beside the clean one costs.
+"""Three models in one worker: what serving the photo models beside the clean one costs.
 
-    python -m benchmarks.two_models --out benchmarks/two-models.md --json benchmarks/two-models.json
+    python -m benchmarks.served_models --out benchmarks/served-models.md \
+        --json benchmarks/served-models.json
 
 Starts gunicorn (one worker, every other setting at its default) with the clean model alone
-(``SSM_PHOTO_MODEL_DIR=none``) and with both models, as the service ships, ``--rounds``
-times each in turn, so that a slow moment of the machine falls on both. For each start it
-reads the worker's resident memory at rest after warm-up (VmRSS), the memory for images
-and the pixel cap the worker decided, and each model's warm-up speed from
-/supersizeme/model; then it posts a photo-like 1024 x 768 image as PNG and as JPEG
-(quality 85), ``--repeat`` times each, alternating, and takes the inference stage of
+(``SSM_PHOTO_MODEL_DIR=none``) and with all three models, as the service ships,
+``--rounds`` times each in turn, so that a slow moment of the machine falls on both. For
+each start it reads the worker's resident memory at rest after warm-up (VmRSS), the memory
+for images and the pixel cap the worker decided, and each model's warm-up speed from
+/supersizeme/model; then it posts a photo-like 1024 x 768 image as PNG and as JPEGs of
+quality 85 and 50, ``--repeat`` times each, in turn, and takes the inference stage of
 Server-Timing. Prints a Markdown table with the machine named: medians over every start.
 """
 
@@ -27,18 +28,25 @@ from benchmarks.gunicorn_server import request, running_gunicorn
 from benchmarks.latency import photo_like
 from benchmarks.memory import parse
 from supersizeme.machine import hardware
-from supersizeme.service.config import DEFAULT_PHOTO_MODEL, REPO_ROOT
+from supersizeme.service.config import DEFAULT_PHOTO_LOW_MODEL, DEFAULT_PHOTO_MODEL, REPO_ROOT
 
 HERE = Path(__file__).resolve().parent
+ALONE, ALL = "clean model alone", "clean and both photo models"
 SIZE = (1024, 768)
 MIB = 2**20
 
 
+JPEG_QUALITIES = (85, 50)
+
+
 def uploads() -> dict[str, bytes]:
     png = photo_like(*SIZE)
-    jpeg = io.BytesIO()
-    Image.open(io.BytesIO(png)).save(jpeg, "JPEG", quality=85)
-    return {"PNG": png, "JPEG": jpeg.getvalue()}
+    files = {"PNG": png}
+    for quality in JPEG_QUALITIES:
+        jpeg = io.BytesIO()
+        Image.open(io.BytesIO(png)).save(jpeg, "JPEG", quality=quality)
+        files[f"JPEG q{quality}"] = jpeg.getvalue()
+    return files
 
 
 def resident_mib(pid: int) -> float:
@@ -48,11 +56,14 @@ def resident_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def measure_start(model: Path, photo: Path | None, repeat: int) -> dict:
+def measure_start(model: Path, photos: tuple[Path, Path] | None, repeat: int) -> dict:
     """One gunicorn start: memory at rest, what the worker decided, inference per upload."""
+    photo, photo_low = photos or (None, None)
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "gunicorn.log"
-        with running_gunicorn(model, log, photo_model_dir=photo) as server:
+        with running_gunicorn(
+            model, log, photo_model_dir=photo, photo_low_model_dir=photo_low
+        ) as server:
             (worker,) = server.worker_pids()
             rest = resident_mib(worker)
             info = json.loads(request(server.port, "GET", "/supersizeme/model")[2])
@@ -102,16 +113,16 @@ def summarise(starts: list[dict]) -> dict:
 
 
 def report(results: dict[str, dict], repeat: int) -> str:
-    clean, both = results["clean model alone"], results["clean and photo models"]
+    clean, both = results[ALONE], results[ALL]
     lines = [
-        "# Two models in one worker",
+        "# Three models in one worker",
         "",
         f"Machine: {hardware()}. One gunicorn worker, default settings; {clean['starts']} starts "
         f"of each layout, taken in turn; a {SIZE[0]} x {SIZE[1]} photo-like image as PNG and as "
-        f"JPEG (quality 85), {repeat} times each per start. Medians; the ratio column is from "
-        "this one run (both models / clean alone).",
+        f"JPEGs of quality {' and '.join(map(str, JPEG_QUALITIES))}, {repeat} times each per "
+        "start. Medians; the ratio column is from this one run (all models / clean alone).",
         "",
-        "| measure | clean model alone | clean and photo models | ratio |",
+        f"| measure | {ALONE} | {ALL} | ratio |",
         "| --- | ---: | ---: | ---: |",
     ]
 
@@ -131,7 +142,7 @@ def report(results: dict[str, dict], repeat: int) -> str:
         clean["warm_up_s_per_mp"]["clean"],
         both["warm_up_s_per_mp"]["clean"],
     )
-    for name in ("PNG", "JPEG"):
+    for name in clean["routed"]:
         line(
             f"{name} upload's inference (s / input MP; model: {clean['routed'][name]} / "
             f"{both['routed'][name]})",
@@ -147,16 +158,19 @@ def main() -> None:
     parser.add_argument(
         "--photo-model", type=Path, default=REPO_ROOT / "models" / DEFAULT_PHOTO_MODEL
     )
+    parser.add_argument(
+        "--photo-low-model", type=Path, default=REPO_ROOT / "models" / DEFAULT_PHOTO_LOW_MODEL
+    )
     parser.add_argument("--rounds", type=int, default=2, help="starts of each layout")
     parser.add_argument("--repeat", type=int, default=3, help="uploads of each format per start")
-    parser.add_argument("--out", type=Path, default=HERE / "two-models.md")
-    parser.add_argument("--json", type=Path, default=HERE / "two-models.json")
+    parser.add_argument("--out", type=Path, default=HERE / "served-models.md")
+    parser.add_argument("--json", type=Path, default=HERE / "served-models.json")
     args = parser.parse_args()
-    layouts = {"clean model alone": None, "clean and photo models": args.photo_model}
+    layouts = {ALONE: None, ALL: (args.photo_model, args.photo_low_model)}
     starts: dict[str, list[dict]] = {name: [] for name in layouts}
     for _ in range(args.rounds):
-        for name, photo in layouts.items():
-            starts[name].append(measure_start(args.model, photo, args.repeat))
+        for name, photos in layouts.items():
+            starts[name].append(measure_start(args.model, photos, args.repeat))
             print(name, json.dumps(starts[name][-1]), flush=True)
     results = {name: summarise(runs) for name, runs in starts.items()}
     text = report(results, args.repeat)
