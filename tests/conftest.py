@@ -65,6 +65,23 @@ def shipped_photo_low_model_dir() -> Path:
     return REPO_ROOT / "models" / DEFAULT_PHOTO_LOW_MODEL
 
 
+@pytest.fixture(scope="module")
+def shipped_server(
+    shipped_model_dir, shipped_photo_model_dir, shipped_photo_low_model_dir, tmp_path_factory
+):
+    """One gunicorn worker serving the three shipped models, for a test module."""
+    from benchmarks.gunicorn_server import running_gunicorn
+
+    log = tmp_path_factory.mktemp("gunicorn") / "server.log"
+    with running_gunicorn(
+        shipped_model_dir,
+        log,
+        photo_model_dir=shipped_photo_model_dir,
+        photo_low_model_dir=shipped_photo_low_model_dir,
+    ) as running:
+        yield running
+
+
 @pytest.fixture(params=HOST_KINDS, ids=[kind.name for kind in HOST_KINDS])
 def host(request, tmp_path, monkeypatch) -> HostKind:
     """Each kind of host in turn, as this process's /proc/cpuinfo."""

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image, ImageDraw
 from playwright.sync_api import Page, sync_playwright
 
-from benchmarks.gunicorn_server import request, running_gunicorn
+from benchmarks.gunicorn_server import request
 from benchmarks.imagefactory import encoded, png
 from supersizeme.service.config import REPO_ROOT
 
@@ -91,17 +91,8 @@ def chromium() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(
-    shipped_model_dir, shipped_photo_model_dir, shipped_photo_low_model_dir, tmp_path_factory
-):
-    log = tmp_path_factory.mktemp("gunicorn") / "server.log"
-    with running_gunicorn(
-        shipped_model_dir,
-        log,
-        photo_model_dir=shipped_photo_model_dir,
-        photo_low_model_dir=shipped_photo_low_model_dir,
-    ) as running:
-        yield running
+def server(shipped_server):
+    return shipped_server
 
 
 @pytest.fixture(scope="module")

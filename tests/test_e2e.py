@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from benchmarks.gunicorn_server import free_port, gunicorn_command, request, running_gunicorn
+from benchmarks.gunicorn_server import free_port, gunicorn_command, request
 from benchmarks.imagefactory import apng, header_bomb
 from supersizeme.service.config import REPO_ROOT
 from supersizeme.toolchain.quality import y_psnr_ssim
@@ -23,18 +23,9 @@ pytestmark = pytest.mark.gunicorn  # every test talks to a real gunicorn
 
 
 @pytest.fixture(scope="module")
-def server(
-    shipped_model_dir, shipped_photo_model_dir, shipped_photo_low_model_dir, tmp_path_factory
-):
+def server(shipped_server):
     """One gunicorn worker serving the shipped models."""
-    log = tmp_path_factory.mktemp("gunicorn") / "server.log"
-    with running_gunicorn(
-        shipped_model_dir,
-        log,
-        photo_model_dir=shipped_photo_model_dir,
-        photo_low_model_dir=shipped_photo_low_model_dir,
-    ) as running:
-        yield running
+    return shipped_server
 
 
 def synthetic_photo() -> Image.Image:
