@@ -15,7 +15,7 @@ with the worst case under concurrency that benchmarks/memory.py measures.
     python -m benchmarks.load --resize --workers 1
 
 recomputes only the sizing of an existing ``--out`` JSON from its recorded runs and the
-current benchmarks/memory.json, without running the soak again.
+current benchmarks/memory.json and memory-float32.json, without running the soak again.
 """
 
 from __future__ import annotations
@@ -50,14 +50,17 @@ HERE = Path(__file__).resolve().parent
 MIX = [(128, "PNG"), (256, "JPEG"), (512, "PNG"), (128, "JPEG"), (256, "PNG"), (512, "JPEG")]
 # Sizing rule (docs/operations.md "Scale-out and sizing"): memory = (workers x per-worker peak RSS
 # + gunicorn master + the front's processes) x (1 + margin), rounded up to 128 MiB. The
-# per-worker peak is the larger of this soak's and the worst case in memory.json (an upload
+# per-worker peak is the larger of this soak's and the worst case of MEMORY_WORST_CASES (an upload
 # at the pixel cap in inference while hostile uploads decode next to it), since that can
 # happen to any worker at any time; the front (nginx and the launcher that starts it and
 # gunicorn) runs in the same container. The margin covers fragmentation, slow growth
 # between worker recycles (max_requests) and the in-memory /tmp. cpu = workers x inference
 # threads per worker: the cores the measurements ran on, which the pixel cap's speed and
 # the runtime's per-thread buffers both assume.
-MEMORY_WORST_CASE = HERE / "memory.json"
+# One worst case per arithmetic a host computes in: bfloat16 (AVX-512 BF16, AMX) and float32
+# (AVX2 only, or SSM_PRECISION=float32), whose inference buffers are twice as large. A pod
+# may land on either kind of node, so the larger sizes it.
+MEMORY_WORST_CASES = (HERE / "memory.json", HERE / "memory-float32.json")
 MEMORY_MARGIN = 0.25
 MEMORY_ROUND_MIB = 128
 RSS_INTERVAL_S = 5.0
@@ -295,16 +298,21 @@ def run_local(model: Path, workers: int, concurrency: int, minutes: float) -> di
 
 def worst_case() -> dict | None:
     """The worst peaks under concurrency (worker, master, front) from benchmarks/memory.py,
-    with where they were measured; None if it has not been run."""
-    if not MEMORY_WORST_CASE.exists():
+    of whichever report in MEMORY_WORST_CASES has the highest worker peak, with where and in
+    what precision it was measured; None if none has been run."""
+    reports = [json.loads(path.read_text()) for path in MEMORY_WORST_CASES if path.exists()]
+    if not reports:
         return None
-    report = json.loads(MEMORY_WORST_CASE.read_text())
-    return {**report["worst"], "measured": f"{report['machine']}, {report['date']}"}
+    report = max(reports, key=lambda r: r["worst"]["worker_peak_mib"])
+    where = f"{report['machine']}, {report['date']}"
+    if precision := report.get("settings", {}).get("precision"):
+        where += f", {precision}"
+    return {**report["worst"], "measured": where}
 
 
 def cap_peak_rss_mib() -> float | None:
     """A worker's worst peak RSS with an upload at the pixel cap in inference and hostile
-    uploads decoding next to it (benchmarks/memory.json); None if not measured."""
+    uploads decoding next to it (MEMORY_WORST_CASES); None if not measured."""
     worst = worst_case()
     return worst["worker_peak_mib"] if worst else None
 
@@ -326,7 +334,8 @@ def sizing(runs: list[dict], workers: int, threads: int = 1) -> dict:
         "rule": (
             f"memory = (workers x max(soak worker peak, worst-case worker peak) + master peak "
             f"+ front peak) x {1 + MEMORY_MARGIN:g}, rounded up to {MEMORY_ROUND_MIB} MiB; "
-            "worst case and front from benchmarks/memory.json; request = limit; "
+            "worst case and front from the larger of benchmarks/memory.json (bfloat16) and "
+            "benchmarks/memory-float32.json; request = limit; "
             "cpu = workers x inference threads per worker"
         ),
         "workers": workers,
@@ -396,7 +405,7 @@ def markdown(report: dict) -> str:
         f"({s['rule']}): memory {s['memory_limit_mib']} MiB, cpu {s['cpu_limit']} (worker "
         f"peak: this soak {s['soak_worker_peak_mib']:.0f} MiB, worst case "
         f"{s['worst_case_worker_peak_mib']:.0f} MiB, measured "
-        f"{s['worst_case_measured'] or 'never (no benchmarks/memory.json)'}; "
+        f"{s['worst_case_measured'] or 'never (no benchmarks/memory*.json)'}; "
         f"master {s['master_peak_mib']:.0f} MiB; front {s['front_peak_mib']:.0f} MiB).",
         "",
     ]
@@ -417,7 +426,7 @@ def main() -> None:
     parser.add_argument(
         "--resize",
         action="store_true",
-        help="only recompute OUT.json's sizing for --workers from its runs and memory.json",
+        help="only recompute OUT.json's sizing for --workers from its runs and memory*.json",
     )
     args = parser.parse_args()
     # Inference threads per worker as the service (and the soak's gunicorn) reads them.

@@ -71,7 +71,7 @@ def test_sizing_holds_the_worst_case_and_the_front(tmp_path, monkeypatch):
     measured = tmp_path / "memory.json"
     worst = {"worker_peak_mib": 1000.0, "master_peak_mib": 60.0, "front_peak_mib": 66.0}
     measured.write_text(json.dumps({"machine": "m", "date": "d", "worst": worst}))
-    monkeypatch.setattr(load, "MEMORY_WORST_CASE", measured)
+    monkeypatch.setattr(load, "MEMORY_WORST_CASES", (measured, tmp_path / "absent.json"))
     sizing = load.sizing(SOAK, workers=1, threads=2)
     # (1 x 1000 + 60 + 66) x 1.25 = 1407.5 -> 1408 = 11 x 128
     assert sizing["memory_limit_mib"] == sizing["memory_request_mib"] == 1408
@@ -83,8 +83,22 @@ def test_sizing_holds_the_worst_case_and_the_front(tmp_path, monkeypatch):
     assert load.sizing(heavy, workers=1, threads=2)["memory_limit_mib"] == 1664
 
 
+def test_the_precision_whose_worker_peaks_higher_sizes(tmp_path, monkeypatch):
+    reports = []
+    for precision, peak in (("bfloat16", 1000.0), ("float32", 1500.0)):
+        worst = {"worker_peak_mib": peak, "master_peak_mib": 60.0, "front_peak_mib": 66.0}
+        report = {"machine": "m", "date": "d", "settings": {"precision": precision}}
+        reports.append(tmp_path / f"{precision}.json")
+        reports[-1].write_text(json.dumps({**report, "worst": worst}))
+    monkeypatch.setattr(load, "MEMORY_WORST_CASES", tuple(reports))
+    sizing = load.sizing(SOAK, workers=1, threads=2)
+    # (1 x 1500 + 60 + 66) x 1.25 = 2032.5 -> 2048
+    assert sizing["worst_case_worker_peak_mib"] == 1500.0 and sizing["memory_limit_mib"] == 2048
+    assert sizing["worst_case_measured"] == "m, d, float32"
+
+
 def test_without_a_worst_case_the_soak_alone_sizes(tmp_path, monkeypatch):
-    monkeypatch.setattr(load, "MEMORY_WORST_CASE", tmp_path / "absent.json")
+    monkeypatch.setattr(load, "MEMORY_WORST_CASES", (tmp_path / "absent.json",))
     sizing = load.sizing(SOAK, workers=2)
     # (2 x 800 + 50) x 1.25 = 2062.5
     assert sizing["memory_limit_mib"] == 2176 and sizing["front_peak_mib"] == 0.0

@@ -1,5 +1,6 @@
 """A short training run: the loss falls, and a checkpoint resumes to the same next step;
-the batches (clean or degraded), the validation sets and the --degradation setting."""
+the batches (clean or degraded), the validation sets, and the --degradation and --loss
+settings."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 from trainfactory import tiny, wave_images
 
 from supersizeme.toolchain.degradation import DEGRADATIONS, VALIDATION_QUALITIES, jpeg_round_trip
+from supersizeme.toolchain.quality import rgb_to_y
 from supersizeme.toolchain.train import (
     DEGRADE_MARGIN,
+    LOSS_COLOUR_ROWS,
     Run,
     TrainConfig,
     augment,
@@ -258,3 +261,40 @@ def test_a_jpeg_run_trains_on_jpeg_patches_and_reports_each_quality(
     assert out.splitlines()[0].endswith(", jpeg")  # the run names its degradation
     labels = ", ".join(rf"q{quality} \d+\.\d+" for quality in VALIDATION_QUALITIES)
     assert len(re.findall(rf"Y-PSNR \(dB\) clean \d+\.\d+, {labels}\n", out)) == 2
+
+
+def test_the_luma_loss_weighs_the_luma_psnr_is_judged_on_and_a_quarter_of_each_chroma():
+    rng = np.random.default_rng(4)
+    sr, hr = rng.random((2, 6, 5, 3))
+    mapped = (sr - hr) @ LOSS_COLOUR_ROWS["l1-luma"].T.astype(np.float64)
+    # Row 0 is the evaluation's luma, on [0, 1] values.
+    np.testing.assert_allclose(
+        mapped[..., 0] * 255, rgb_to_y(sr * 255) - rgb_to_y(hr * 255), atol=1e-5
+    )
+    # A grey difference has no chroma; each chroma row spans what a full-weight one would.
+    grey = np.full((1, 3), 0.1) @ LOSS_COLOUR_ROWS["l1-luma"].T.astype(np.float64)
+    np.testing.assert_allclose(grey[0, 1:], 0, atol=1e-6)
+    for row in LOSS_COLOUR_ROWS["l1-luma"][1:]:
+        assert np.abs(row).max() == pytest.approx(0.25 * 112 / 255)
+    np.testing.assert_array_equal(LOSS_COLOUR_ROWS["l1"], np.eye(3))
+
+
+def test_the_loss_option_and_checkpoints_from_before_it(tmp_path):
+    assert parse_args(["--data", "d"]).loss == "l1"
+    assert parse_args(["--data", "d", "--loss", "l1-luma"]).loss == "l1-luma"
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d", "--loss", "l2"])
+    config = dataclasses.asdict(TrainConfig(loss="l1-luma"))
+    del config["loss"]
+    minimal_checkpoint(tmp_path / "ckpt.npz", config)
+    assert read_checkpoint(tmp_path / "ckpt.npz")[0]["config"]["loss"] == "l1"
+    # Resuming keeps the loss the run was trained with.
+    assert Run(TrainConfig(out=str(tmp_path), resume=True, loss="l1-luma")).config.loss == "l1"
+
+
+def test_an_unknown_loss_stops_the_run_before_any_work(tmp_path):
+    def never(*args):
+        raise AssertionError("called")
+
+    with pytest.raises(SystemExit, match=r"l2.*'l1', 'l1-luma'"):
+        Run(TrainConfig(out=str(tmp_path), loss="l2")).loop(never, never, never)

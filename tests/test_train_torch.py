@@ -103,3 +103,23 @@ def test_a_tensorflow_checkpoint_starts_a_pytorch_run(image_folder, tmp_path):
 
     with pytest.raises(SystemExit, match="holds"):
         train(dataclasses.replace(gpu_run, D=3, out=str(tmp_path / "other")))
+
+
+def test_both_trainers_take_the_luma_loss_alike(image_folder, trained, tmp_path):
+    """From the same weights, the first batch (the same: the sampler is seeded) gives the
+    same luma-weighted loss in PyTorch and TensorFlow, and not the RGB one."""
+    _, checkpoint = trained
+    first = {}
+    for name, trainer, loss in (
+        ("torch", train, "l1-luma"),
+        ("tf", tf_train.train, "l1-luma"),
+        ("rgb", train, "l1"),
+    ):
+        run = dataclasses.replace(
+            tiny(image_folder, tmp_path / name, steps=1, loss=loss),
+            init_from=str(checkpoint),
+        )
+        trainer(run)
+        first[name] = read_checkpoint(tmp_path / name / "ckpt.npz")[0]["losses"][0]
+    assert first["torch"] == pytest.approx(first["tf"], rel=1e-5)
+    assert abs(first["torch"] - first["rgb"]) > 0.05 * first["rgb"]

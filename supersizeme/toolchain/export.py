@@ -63,6 +63,11 @@ _DATA_TERMS = {
     "licenses BSDS for non-commercial research and educational use.",
 }
 
+# How a model card names each training loss (train.LOSS_COLOUR_ROWS).
+LOSS_NAMES = {
+    "l1": "L1",
+    "l1-luma": "L1 on BT.601 YCbCr, each chroma difference weighted 1/4",
+}
 _UPSCALING = {"shuffle": "sub-pixel convolution", "ups": "nearest-neighbour upsampling"}
 
 # Fields of TrainConfig that do not change what training computes.
@@ -104,7 +109,7 @@ def training_record(
         "batch": config["batch"],
         "patch_lr": config["patch"],
         "patch_hr": config["patch"] * config["scale"],
-        "loss": "L1",
+        "loss": LOSS_NAMES[config.get("loss", "l1")],
         "optimizer": "Adam",
         "lr": config["lr"],
         "min_lr": config["min_lr"],

@@ -5,7 +5,8 @@
 
 One loop, in the spirit of nanoGPT's train.py: the defaults sit in ``TrainConfig``;
 each step draws random aligned LR/HR crops (one of the 8 flips/rotations each), takes
-an Adam step on the L1 loss, and follows a warm-up then cosine learning-rate decay.
+an Adam step on the L1 loss (in RGB, or luma-weighted: ``--loss``), and follows a warm-up
+then cosine learning-rate decay.
 Every ``checkpoint_every`` steps (and on the last step or Ctrl-C) the whole state goes
 to ``<out>/ckpt.npz``: architecture, config, weights, optimizer moments, step, data RNG
 state and the seconds trained, so that ``--resume`` continues exactly where it stopped.
@@ -64,6 +65,7 @@ class TrainConfig:
     degradation: str = "bicubic"
     batch: int = 16
     # optimisation
+    loss: str = "l1"  # a key of LOSS_COLOUR_ROWS: the colour space the L1 loss is taken in
     lr: float = 3e-4
     min_lr: float = 1e-6
     warmup: int = 200
@@ -113,6 +115,29 @@ def augment(patch: np.ndarray, transform: int) -> np.ndarray:
     """One of the 8 symmetries of the square: ``transform % 4`` quarter turns, then a flip."""
     patch = np.rot90(patch, transform % 4)
     return patch[:, ::-1] if transform >= 4 else patch
+
+
+# The L1 loss is the mean absolute value of the RGB difference (SR - HR, in [0, 1]) mapped by
+# these rows. "l1" is the paper's and ISR's plain RGB loss. "l1-luma" takes it on BT.601
+# YCbCr with each chroma difference weighted a quarter: PSNR is judged on the luma (Y, as
+# quality.rgb_to_y computes it), the eye resolves chroma at a fraction of luma's
+# resolution, and a JPEG's 4:2:0 chroma leaves little to restore, so a network of this
+# size spends its capacity on the luma.
+_CHROMA_WEIGHT = 0.25
+LOSS_COLOUR_ROWS: dict[str, np.ndarray] = {
+    "l1": np.eye(3, dtype=np.float32),
+    "l1-luma": (
+        np.array(
+            [
+                [65.481, 128.553, 24.966],
+                [-37.797 * _CHROMA_WEIGHT, -74.203 * _CHROMA_WEIGHT, 112.0 * _CHROMA_WEIGHT],
+                [112.0 * _CHROMA_WEIGHT, -93.786 * _CHROMA_WEIGHT, -18.214 * _CHROMA_WEIGHT],
+            ],
+            np.float32,
+        )
+        / 255.0
+    ),
+}
 
 
 # A degraded crop is this much larger than the patch and cut at a random offset after the
@@ -219,6 +244,7 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray], list[np.nd
         # Checkpoints from before the --init option were initialised the ISR way.
         state["config"].setdefault("init", "isr")
         state["config"].setdefault("degradation", "bicubic")
+        state["config"].setdefault("loss", "l1")
         named = {
             k.removeprefix(WEIGHT_PREFIX): data[k] for k in data if k.startswith(WEIGHT_PREFIX)
         }
@@ -340,6 +366,8 @@ class Run:
         config = self.config
         if config.degradation not in DEGRADATIONS:
             raise SystemExit(f"--degradation {config.degradation}: one of {list(DEGRADATIONS)}")
+        if config.loss not in LOSS_COLOUR_ROWS:
+            raise SystemExit(f"--loss {config.loss}: one of {list(LOSS_COLOUR_ROWS)}")
         degrade = DEGRADATIONS[config.degradation]
         side = config.patch + (DEGRADE_MARGIN if degrade else 0)
         pairs = load_image_pairs(config.data, config.scale, side)
@@ -400,7 +428,18 @@ class Run:
 
 
 _FIXED_BY_CHECKPOINT = (
-    "C", "D", "G", "G0", "scale", "precision", "patch", "batch", "seed", "init", "degradation"
+    "C",
+    "D",
+    "G",
+    "G0",
+    "scale",
+    "precision",
+    "patch",
+    "batch",
+    "seed",
+    "init",
+    "degradation",
+    "loss",
 )
 
 
@@ -432,11 +471,14 @@ def train(config: TrainConfig) -> Path:
     run.restore_progress()
     print(f"{model.count_params():,} parameters")
 
+    rows = tf.constant(LOSS_COLOUR_ROWS[config.loss])
+
     @tf.function
     def train_step(lr_batch: tf.Tensor, hr_batch: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             sr = model(lr_batch, training=True)
-            loss = tf.reduce_mean(tf.abs(tf.cast(sr, tf.float32) - hr_batch))
+            difference = tf.cast(sr, tf.float32) - hr_batch
+            loss = tf.reduce_mean(tf.abs(tf.einsum("nhwc,oc->nhwo", difference, rows)))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
@@ -465,7 +507,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
             parser.add_argument(flag, action="store_true")
         else:
             kind = {"int": int, "float": float, "str": str}[field.type]
-            choices = list(DEGRADATIONS) if field.name == "degradation" else None
+            choices = {"degradation": list(DEGRADATIONS), "loss": list(LOSS_COLOUR_ROWS)}.get(
+                field.name
+            )
             parser.add_argument(flag, type=kind, default=field.default, choices=choices)
     args = parser.parse_args(argv)
     config = TrainConfig(**vars(args))

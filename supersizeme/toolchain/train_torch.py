@@ -21,6 +21,7 @@ import torch
 from supersizeme.rdn import PRECISIONS
 from supersizeme.toolchain.torch_rdn import TorchRDN, from_keras, to_keras
 from supersizeme.toolchain.train import (
+    LOSS_COLOUR_ROWS,
     WEIGHT_PREFIX,
     Run,
     TrainConfig,
@@ -78,6 +79,8 @@ def train(config: TrainConfig) -> Path:
         device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"
     )
 
+    rows = torch.from_numpy(LOSS_COLOUR_ROWS[config.loss]).to(device)
+
     def to_device(batch: np.ndarray) -> torch.Tensor:
         nchw = torch.from_numpy(batch).permute(0, 3, 1, 2)
         return nchw.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -87,7 +90,8 @@ def train(config: TrainConfig) -> Path:
             group["lr"] = lr_value
         with autocast:
             sr = model(to_device(lr_batch))
-        loss = torch.mean(torch.abs(sr.float() - to_device(hr_batch)))
+        difference = sr.float() - to_device(hr_batch)
+        loss = torch.mean(torch.abs(torch.einsum("nchw,oc->nohw", difference, rows)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
