@@ -121,5 +121,5 @@ def test_both_trainers_take_the_luma_loss_alike(image_folder, trained, tmp_path)
         )
         trainer(run)
         first[name] = read_checkpoint(tmp_path / name / "ckpt.npz")[0]["losses"][0]
-    assert first["torch"] == pytest.approx(first["tf"], rel=1e-5)
+    assert first["torch"] == pytest.approx(first["tf"], rel=1e-4)
     assert abs(first["torch"] - first["rgb"]) > 0.05 * first["rgb"]

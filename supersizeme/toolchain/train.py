@@ -123,20 +123,12 @@ def augment(patch: np.ndarray, transform: int) -> np.ndarray:
 # quality.rgb_to_y computes it), the eye resolves chroma at a fraction of luma's
 # resolution, and a JPEG's 4:2:0 chroma leaves little to restore, so a network of this
 # size spends its capacity on the luma.
-_CHROMA_WEIGHT = 0.25
+_BT601_YCBCR = np.array(
+    [[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]
+)
 LOSS_COLOUR_ROWS: dict[str, np.ndarray] = {
     "l1": np.eye(3, dtype=np.float32),
-    "l1-luma": (
-        np.array(
-            [
-                [65.481, 128.553, 24.966],
-                [-37.797 * _CHROMA_WEIGHT, -74.203 * _CHROMA_WEIGHT, 112.0 * _CHROMA_WEIGHT],
-                [112.0 * _CHROMA_WEIGHT, -93.786 * _CHROMA_WEIGHT, -18.214 * _CHROMA_WEIGHT],
-            ],
-            np.float32,
-        )
-        / 255.0
-    ),
+    "l1-luma": (np.diag([1.0, 0.25, 0.25]) @ _BT601_YCBCR / 255.0).astype(np.float32),
 }
 
 
